@@ -1,0 +1,3 @@
+from dlrmkit.cli import entry_point
+
+entry_point()

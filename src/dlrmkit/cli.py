@@ -1,0 +1,209 @@
+"""The command line: the one place that parses flags, builds configs, calls plain functions and
+turns errors into one clear line and a non-zero exit code.
+
+    dlrmkit synth     make synthetic Criteo-like data (binary dataset or raw text)
+    dlrmkit train     train a DLRM on a dataset
+    dlrmkit evaluate  AUC, log loss and accuracy of a checkpoint on a split
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from dlrmkit.config import INTERACTIONS, OPTIMIZERS, PRESETS, ModelConfig, ScheduleConfig, SynthConfig, TrainConfig, preset
+from dlrmkit.errors import ConfigError, DlrmkitError
+
+EXIT_ERROR = 1
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(w) for w in text.split("-"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected layer widths like 512-256-1, got {text!r}") from None
+    return widths
+
+
+def _add_synth(sub) -> None:
+    p = sub.add_parser("synth", help="make synthetic Criteo-like data with a known oracle AUC")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", choices=("binary", "raw"), default="binary",
+                   help="binary: a dlrmkit dataset; raw: Criteo text (tab separated)")
+    p.add_argument("--layout", choices=("kaggle", "terabyte"), default="kaggle",
+                   help="kaggle: 7 days in one train.txt; terabyte: day_0..day_{N-1} files")
+    p.add_argument("--days", type=int, default=24, help="days of the terabyte layout")
+    p.add_argument("--cardinality-scale", type=float, default=1.0,
+                   help="scale the Criteo Kaggle table sizes down by this factor (0, 1]")
+    p.add_argument("--click-rate", type=float, default=0.25)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--quiet", action="store_true")
+
+
+def _add_model_flags(p) -> None:
+    g = p.add_argument_group("architecture (a preset, optionally overridden)")
+    g.add_argument("--preset", choices=PRESETS, default="kaggle")
+    g.add_argument("--arch-sparse-feature-size", type=int, help="embedding dim")
+    g.add_argument("--arch-mlp-bot", type=_widths, help="bottom MLP widths with input, e.g. 13-512-256-64-16")
+    g.add_argument("--arch-mlp-top", type=_widths, help="top MLP widths without input, e.g. 512-256-1")
+    g.add_argument("--arch-interaction-op", choices=INTERACTIONS)
+    g.add_argument("--arch-interaction-itself", action="store_true", help="dot: include <v_i, v_i>")
+    g.add_argument("--max-ind-range", type=int, help="cap each table at this many rows (index mod range)")
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a DLRM")
+    p.add_argument("--data", required=True, help="dataset directory")
+    p.add_argument("--out", required=True, help="run directory (checkpoints, metrics, summary)")
+    _add_model_flags(p)
+    d = TrainConfig()
+    g = p.add_argument_group("training")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer,
+                   help="sgd, or adagrad (row-wise for tables)")
+    g.add_argument("--learning-rate", type=float, default=d.learning_rate)
+    g.add_argument("--mini-batch-size", "--batch-size", dest="batch_size", type=int, default=d.batch_size)
+    g.add_argument("--epochs", type=float, default=d.epochs)
+    g.add_argument("--max-steps", type=int)
+    g.add_argument("--lr-num-warmup-steps", type=int, default=0)
+    g.add_argument("--lr-decay-start-step", type=int, default=0)
+    g.add_argument("--lr-num-decay-steps", type=int, default=0)
+    g.add_argument("--eval-every", "--test-freq", dest="eval_every", type=int,
+                   help="evaluate on the validation split every N steps (default: each epoch's end)")
+    g.add_argument("--eval-batch-size", "--test-mini-batch-size", dest="eval_batch_size", type=int,
+                   default=d.eval_batch_size)
+    g.add_argument("--eval-max-rows", type=int, help="evaluate on the first N validation rows only")
+    g.add_argument("--target-auc", "--mlperf-auc-threshold", dest="target_auc", type=float,
+                   help="stop once the validation AUC reaches this")
+    g.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps")
+    g.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the forward pass")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--threads", type=int, help="torch intra-op threads")
+    g.add_argument("--log-every", type=int, default=d.log_every)
+    g.add_argument("--no-shuffle", action="store_true")
+    g.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt exactly")
+    g.add_argument("--quiet", action="store_true")
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="AUC, log loss and accuracy of a checkpoint on a split")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--batch-size", type=int, default=16384)
+    p.add_argument("--max-rows", type=int)
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--out", help="JSON file for the metrics (default: beside the checkpoint)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dlrmkit", description="DLRM from Criteo logs to MLPerf-style results")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_synth(sub)
+    _add_train(sub)
+    _add_evaluate(sub)
+    return parser
+
+
+def model_config_from_args(args, table_sizes: tuple[int, ...], num_dense: int) -> ModelConfig:
+    base = preset(args.preset, table_sizes, num_dense)
+    overrides = {
+        "embedding_dim": args.arch_sparse_feature_size,
+        "bottom_mlp": args.arch_mlp_bot,
+        "top_mlp": args.arch_mlp_top,
+        "interaction": args.arch_interaction_op,
+        "max_index_range": args.max_ind_range,
+    }
+    fields = {**base.to_dict(), **{k: v for k, v in overrides.items() if v is not None}}
+    if args.arch_interaction_itself:
+        fields["interaction_self"] = True
+    return ModelConfig(**fields)
+
+
+def _run_synth(args) -> int:
+    from dlrmkit.data import synth
+
+    cfg = SynthConfig(rows=args.rows, seed=args.seed, layout=args.layout, days=args.days,
+                      cardinality_scale=args.cardinality_scale, click_rate=args.click_rate, workers=args.workers)
+    if args.format == "binary":
+        meta = synth.write_binary(cfg, args.out, progress=not args.quiet)
+    else:
+        meta = synth.write_raw(cfg, args.out, progress=not args.quiet)
+    oracle = meta["oracle_auc"]
+    print(f"wrote {cfg.rows} rows ({args.format}, {args.layout} layout) to {args.out} at "
+          f"{meta['generation']['rows_per_s'] / 1e3:.0f}k rows/s; positive rate {meta['positive_rate']:.4f}; "
+          f"oracle AUC test {oracle.get('test', float('nan')):.4f}")
+    return 0
+
+
+def _run_train(args) -> int:
+    from dlrmkit.data.dataset import Dataset
+    from dlrmkit.train.loop import train
+
+    dataset = Dataset(args.data)
+    model_cfg = model_config_from_args(args, dataset.table_sizes, dataset.num_dense)
+    train_cfg = TrainConfig(
+        optimizer=args.optimizer, learning_rate=args.learning_rate, batch_size=args.batch_size,
+        epochs=args.epochs, max_steps=args.max_steps,
+        schedule=ScheduleConfig(args.lr_num_warmup_steps, args.lr_decay_start_step, args.lr_num_decay_steps),
+        eval_every=args.eval_every, eval_batch_size=args.eval_batch_size, eval_max_rows=args.eval_max_rows,
+        target_auc=args.target_auc, checkpoint_every=args.checkpoint_every, bf16=args.bf16, seed=args.seed,
+        threads=args.threads, log_every=args.log_every, shuffle=not args.no_shuffle)
+    summary = train(args.data, args.out, model_cfg, train_cfg, resume=args.resume, progress=not args.quiet)
+    parts = [f"trained {summary['steps']} steps ({summary['epochs']:.2f} epochs) at "
+             f"{summary['train_samples_per_s'] / 1e3:.1f}k samples/s"]
+    for split in ("val", "test"):
+        if summary[split]:
+            parts.append(f"{split} AUC {summary[split]['auc']:.4f} log loss {summary[split]['log_loss']:.4f}")
+    oracle = summary.get("oracle_auc") or {}
+    if "test" in oracle:
+        parts.append(f"oracle test AUC {oracle['test']:.4f}")
+    print("; ".join(parts))
+    print(f"run directory: {args.out} (checkpoint.pt, best.pt, metrics.jsonl, summary.json)")
+    return 0
+
+
+def _run_evaluate(args) -> int:
+    import torch
+
+    from dlrmkit.checkpoint import load_checkpoint, model_from_checkpoint
+    from dlrmkit.data.dataset import Dataset
+    from dlrmkit.train.evaluate import evaluate
+    from dlrmkit.train.loop import check_tables
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dataset = Dataset(args.data)
+    ckpt = load_checkpoint(args.checkpoint)
+    model, cfg = model_from_checkpoint(ckpt, args.checkpoint)
+    check_tables(cfg, dataset)
+    metrics = evaluate(model, dataset.split(args.split), args.batch_size, cfg.max_index_range, args.max_rows, args.bf16)
+    metrics.update(split=args.split, checkpoint=str(args.checkpoint), data=str(args.data))
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_name(f"eval_{args.split}.json")
+    out.write_text(json.dumps(metrics, indent=2) + "\n")
+    print(f"{args.split}: AUC {metrics['auc']:.6f} log loss {metrics['log_loss']:.6f} "
+          f"accuracy {metrics['accuracy']:.4f} on {metrics['rows']} rows; wrote {out}")
+    return 0
+
+
+COMMANDS = {"synth": _run_synth, "train": _run_train, "evaluate": _run_evaluate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except DlrmkitError as e:
+        print(f"dlrmkit {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"dlrmkit {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry_point() -> None:
+    sys.exit(main())

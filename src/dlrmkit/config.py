@@ -1,0 +1,199 @@
+"""Typed, validated configuration for each concern, and the model presets.
+
+Configs are frozen dataclasses checked on construction; presets are functions. Nothing here
+imports the rest of dlrmkit, so every layer may use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from dlrmkit.errors import ConfigError
+
+NUM_DENSE = 13
+NUM_SPARSE = 26
+
+# Rows per categorical column in the Criteo Kaggle set, as the DLRM reference counts them.
+KAGGLE_CARDINALITIES: tuple[int, ...] = (
+    1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
+    27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
+)
+
+INTERACTIONS = ("dot", "cat")
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a DLRM.
+
+    ``bottom_mlp`` includes its input width (the number of dense features), as the DLRM
+    reference's ``--arch-mlp-bot`` does; ``top_mlp`` excludes it (the interaction decides it),
+    as ``--arch-mlp-top`` does. ``max_index_range`` caps every table (indices are taken modulo it).
+    """
+
+    table_sizes: tuple[int, ...]
+    embedding_dim: int
+    bottom_mlp: tuple[int, ...]
+    top_mlp: tuple[int, ...]
+    interaction: str = "dot"
+    interaction_self: bool = False
+    max_index_range: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "table_sizes", tuple(int(t) for t in self.table_sizes))
+        object.__setattr__(self, "bottom_mlp", tuple(int(t) for t in self.bottom_mlp))
+        object.__setattr__(self, "top_mlp", tuple(int(t) for t in self.top_mlp))
+        _require(len(self.table_sizes) > 0, "model needs at least one embedding table")
+        _require(all(t > 0 for t in self.table_sizes), f"table sizes must be positive, got {self.table_sizes}")
+        _require(self.embedding_dim > 0, f"embedding_dim must be positive, got {self.embedding_dim}")
+        _require(len(self.bottom_mlp) >= 2, f"bottom MLP needs input and output widths, got {self.bottom_mlp}")
+        _require(len(self.top_mlp) >= 1 and self.top_mlp[-1] == 1,
+                 f"top MLP must end in one output unit, got {self.top_mlp}")
+        _require(all(w > 0 for w in self.bottom_mlp + self.top_mlp), "MLP widths must be positive")
+        _require(self.interaction in INTERACTIONS,
+                 f"interaction must be one of {INTERACTIONS}, got {self.interaction!r}")
+        if self.interaction == "dot":
+            _require(self.bottom_mlp[-1] == self.embedding_dim,
+                     f"dot interaction needs the bottom MLP to end in the embedding dim "
+                     f"{self.embedding_dim}, got {self.bottom_mlp[-1]}")
+        if self.max_index_range is not None:
+            _require(self.max_index_range > 0, f"max_index_range must be positive, got {self.max_index_range}")
+
+    @property
+    def num_dense(self) -> int:
+        return self.bottom_mlp[0]
+
+    @property
+    def effective_table_sizes(self) -> tuple[int, ...]:
+        """Table sizes after the ``max_index_range`` cap."""
+        if self.max_index_range is None:
+            return self.table_sizes
+        return tuple(min(t, self.max_index_range) for t in self.table_sizes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        return cls(**d)
+
+
+PRESETS = ("tiny", "kaggle", "terabyte")
+
+
+def preset(name: str, table_sizes: tuple[int, ...], num_dense: int = NUM_DENSE) -> ModelConfig:
+    """A named architecture for the given tables.
+
+    - ``tiny``: dim 8, bottom 13-32-8, top 32-1: for tests and quick looks.
+    - ``kaggle``: the DLRM reference's Criteo Kaggle model: dim 16, 13-512-256-64-16, 512-256-1.
+    - ``terabyte``: the MLPerf DLRM model: dim 128, 13-512-256-128, 1024-1024-512-256-1, tables
+      capped at 40M rows.
+    """
+    if name == "tiny":
+        return ModelConfig(table_sizes, 8, (num_dense, 32, 8), (32, 1))
+    if name == "kaggle":
+        return ModelConfig(table_sizes, 16, (num_dense, 512, 256, 64, 16), (512, 256, 1))
+    if name == "terabyte":
+        return ModelConfig(table_sizes, 128, (num_dense, 512, 256, 128), (1024, 1024, 512, 256, 1),
+                           max_index_range=40_000_000)
+    raise ConfigError(f"unknown preset {name!r}; expected one of {PRESETS}")
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Synthetic Criteo-like data: sizes, seed and the planted teacher's knobs."""
+
+    rows: int = 1_000_000
+    seed: int = 0
+    layout: str = "kaggle"  # kaggle: one train.txt; terabyte: day_0..day_{days-1}
+    days: int = 24  # terabyte layout only
+    cardinalities: tuple[int, ...] = KAGGLE_CARDINALITIES
+    cardinality_scale: float = 1.0
+    click_rate: float = 0.25
+    zipf_exponent: float = 1.1
+    chunk_rows: int = 1 << 18
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cardinalities", tuple(int(c) for c in self.cardinalities))
+        _require(self.rows >= 14, f"rows must be at least 14 (7 'days' of 2 rows), got {self.rows}")
+        _require(self.layout in ("kaggle", "terabyte"), f"layout must be kaggle or terabyte, got {self.layout!r}")
+        _require(self.days >= 2, f"days must be at least 2, got {self.days}")
+        _require(len(self.cardinalities) == NUM_SPARSE,
+                 f"need {NUM_SPARSE} cardinalities, got {len(self.cardinalities)}")
+        _require(0 < self.cardinality_scale <= 1, f"cardinality_scale must be in (0, 1], got {self.cardinality_scale}")
+        _require(0 < self.click_rate < 1, f"click_rate must be in (0, 1), got {self.click_rate}")
+        _require(self.zipf_exponent > 1, f"zipf_exponent must exceed 1, got {self.zipf_exponent}")
+        _require(self.chunk_rows > 0 and self.workers > 0, "chunk_rows and workers must be positive")
+
+    @property
+    def table_sizes(self) -> tuple[int, ...]:
+        """Cardinalities after scaling; every table keeps at least 2 rows (missing + one value)."""
+        return tuple(max(2, round(c * self.cardinality_scale)) for c in self.cardinalities)
+
+
+OPTIMIZERS = ("sgd", "adagrad")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """The MLPerf DLRM learning-rate schedule: linear warm-up, then polynomial (power 2) decay."""
+
+    warmup_steps: int = 0
+    decay_start_step: int = 0
+    decay_steps: int = 0
+
+    def __post_init__(self) -> None:
+        _require(min(self.warmup_steps, self.decay_start_step, self.decay_steps) >= 0,
+                 "schedule steps must be non-negative")
+        if self.decay_steps > 0:
+            _require(self.decay_start_step >= self.warmup_steps,
+                     f"decay must start after warm-up ({self.decay_start_step} < {self.warmup_steps})")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything `dlrmkit train` does besides the architecture."""
+
+    optimizer: str = "adagrad"
+    learning_rate: float = 0.05
+    batch_size: int = 2048
+    epochs: float = 1.0
+    max_steps: int | None = None
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    eval_every: int | None = None  # steps; None: at the end of each epoch only
+    eval_batch_size: int = 16384
+    eval_max_rows: int | None = None
+    target_auc: float | None = None
+    checkpoint_every: int | None = None  # steps; None: at evaluations and the end
+    bf16: bool = False
+    seed: int = 0
+    threads: int | None = None
+    log_every: int = 50
+    shuffle: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.schedule, dict):
+            object.__setattr__(self, "schedule", ScheduleConfig(**self.schedule))
+        _require(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        _require(self.learning_rate > 0, f"learning_rate must be positive, got {self.learning_rate}")
+        _require(self.batch_size > 0 and self.eval_batch_size > 0, "batch sizes must be positive")
+        _require(self.epochs > 0, f"epochs must be positive, got {self.epochs}")
+        _require(self.max_steps is None or self.max_steps > 0, "max_steps must be positive")
+        _require(self.eval_every is None or self.eval_every > 0, "eval_every must be positive")
+        _require(self.checkpoint_every is None or self.checkpoint_every > 0, "checkpoint_every must be positive")
+        _require(self.target_auc is None or 0.5 < self.target_auc <= 1, "target_auc must be in (0.5, 1]")
+        _require(self.log_every > 0, "log_every must be positive")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        return cls(**d)
