@@ -17,7 +17,7 @@ setup: $(BIN)/dlrmkit
 # Synthetic Criteo-like data (Kaggle cardinalities), the kaggle preset trained on it, test AUC
 # printed beside the oracle AUC.
 demo: setup
-	$(BIN)/python -m dlrmkit.demo --out $(DEMO)
+	$(BIN)/dlrmkit demo --out $(DEMO)
 
 test: setup
 	$(BIN)/python -m pytest -q

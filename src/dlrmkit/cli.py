@@ -4,6 +4,7 @@ turns errors into one clear line and a non-zero exit code.
     dlrmkit synth     make synthetic Criteo-like data (binary dataset or raw text)
     dlrmkit train     train a DLRM on a dataset
     dlrmkit evaluate  AUC, log loss and accuracy of a checkpoint on a split
+    dlrmkit demo      the whole road on built-in defaults (synth -> train -> evaluate)
 """
 
 from __future__ import annotations
@@ -100,12 +101,24 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--out", help="JSON file for the metrics (default: beside the checkpoint)")
 
 
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="synthetic data -> kaggle DLRM -> test AUC beside the oracle AUC")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--rows", type=int, default=4_000_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preset", choices=PRESETS, default="kaggle")
+    p.add_argument("--cardinality-scale", type=float, default=1.0)
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--quiet", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dlrmkit", description="DLRM from Criteo logs to MLPerf-style results")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_synth(sub)
     _add_train(sub)
     _add_evaluate(sub)
+    _add_demo(sub)
     return parser
 
 
@@ -190,7 +203,18 @@ def _run_evaluate(args) -> int:
     return 0
 
 
-COMMANDS = {"synth": _run_synth, "train": _run_train, "evaluate": _run_evaluate}
+def _run_demo(args) -> int:
+    import dataclasses
+
+    from dlrmkit.demo import DEMO_TRAIN, run_demo
+
+    run_demo(args.out, rows=args.rows, seed=args.seed, preset_name=args.preset,
+             cardinality_scale=args.cardinality_scale, train_cfg=dataclasses.replace(DEMO_TRAIN, epochs=args.epochs),
+             progress=not args.quiet)
+    return 0
+
+
+COMMANDS = {"synth": _run_synth, "train": _run_train, "evaluate": _run_evaluate, "demo": _run_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,9 +59,6 @@ DENSE_NONLINEAR = 0.27
 MAIN_EFFECT = 0.2
 PAIR_EFFECT = 0.25
 
-_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
-_DIGITS = np.frombuffer(b"0123456789", dtype=np.uint8)
-_POW10 = 10 ** np.arange(9, -1, -1, dtype=np.int64)  # 1e9 .. 1
 DENSE_MAX = 2**31 - 1  # the reference parses dense values as int32
 
 
@@ -158,35 +155,52 @@ def hex_values(ranks: np.ndarray, column: int) -> np.ndarray:
     return x
 
 
+FORMAT_BLOCK_ROWS = 2048  # a block's character matrix (~0.8 MB) stays in cache
+
+
 def format_raw_lines(label: np.ndarray, dense: np.ndarray, ranks: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """Criteo text lines for rows (label, raw dense with -1 missing, ranks with 0 missing).
+
+    Returns the bytes and each line's length.
+    """
+    blocks = [_format_block(label[i:i + FORMAT_BLOCK_ROWS], dense[i:i + FORMAT_BLOCK_ROWS], ranks[i:i + FORMAT_BLOCK_ROWS])
+              for i in range(0, label.shape[0], FORMAT_BLOCK_ROWS)]
+    if not blocks:
+        return b"", np.zeros(0, dtype=np.int64)
+    return b"".join(b for b, _ in blocks), np.concatenate([n for _, n in blocks])
+
+
+def _format_block(label: np.ndarray, dense: np.ndarray, ranks: np.ndarray) -> tuple[bytes, np.ndarray]:
     """Criteo text lines for a block of rows, vectorized; returns the bytes and each line's length.
 
     Every row is laid out at fixed width (label, 13 fields of 10 decimal slots, 26 fields of 8 hex
-    slots, separators), with a mask of the slots that hold characters; the masked matrix read in
-    row order is exactly the concatenated lines.
+    slots, each followed by a separator), with a mask of the slots that hold characters; the
+    masked matrix read in row order is exactly the concatenated lines.
     """
     n = label.shape[0]
     dec_w, hex_w = 10, 8
-    width = 2 + NUM_DENSE * (dec_w + 1) + NUM_SPARSE * (hex_w + 1)
-    chars = np.full((n, width), ord("\t"), dtype=np.uint8)
-    keep = np.ones((n, width), dtype=bool)
-    chars[:, 0] = _DIGITS[label]
-    pos = 2
-    present = dense >= 0
-    values = np.maximum(dense, 0)
-    digits = (values[:, :, None] // _POW10) % 10  # (n, 13, 10)
-    significant = (values[:, :, None] >= _POW10) | (np.arange(dec_w) == dec_w - 1)
-    dec_keep = significant & present[:, :, None]
-    for j in range(NUM_DENSE):
-        chars[:, pos:pos + dec_w] = _DIGITS[digits[:, j]]
-        keep[:, pos:pos + dec_w] = dec_keep[:, j]
-        pos += dec_w + 1
-    shifts = np.arange(28, -4, -4, dtype=np.uint32)
+    dec_end = 2 + NUM_DENSE * (dec_w + 1)
+    chars = np.full((n, dec_end + NUM_SPARSE * (hex_w + 1)), ord("\t"), dtype=np.uint8)
+    keep = np.ones(chars.shape, dtype=bool)
+    chars[:, 0] = label + np.uint8(ord("0"))
+    dec = chars[:, 2:dec_end].reshape(n, NUM_DENSE, dec_w + 1)  # views into chars / keep
+    dec_keep = keep[:, 2:dec_end].reshape(n, NUM_DENSE, dec_w + 1)
+    # Decimal: right-aligned digits, peeled off with scalar divisions; leading zeros masked.
+    value = np.maximum(dense, 0).astype(np.uint32)
+    for slot in range(dec_w - 1, -1, -1):
+        dec[:, :, slot] = (value % np.uint32(10)).astype(np.uint8) + np.uint8(ord("0"))
+        if slot < dec_w - 1:  # the last slot always holds a digit (a present 0 prints "0")
+            dec_keep[:, :, slot] = value > 0
+        value //= np.uint32(10)
+    dec_keep[:, :, :dec_w] &= (dense >= 0)[:, :, None]
+    hexc = chars[:, dec_end:].reshape(n, NUM_SPARSE, hex_w + 1)
+    hex_keep = keep[:, dec_end:].reshape(n, NUM_SPARSE, hex_w + 1)
     for f in range(NUM_SPARSE):
         h = hex_values(ranks[:, f], f)
-        chars[:, pos:pos + hex_w] = _HEX[(h[:, None] >> shifts) & np.uint32(0xF)]
-        keep[:, pos:pos + hex_w] = (ranks[:, f] > 0)[:, None]
-        pos += hex_w + 1
+        for slot in range(hex_w):
+            nibble = ((h >> np.uint32(4 * (hex_w - 1 - slot))) & np.uint32(0xF)).astype(np.uint8)
+            hexc[:, f, slot] = nibble + np.uint8(ord("0")) + (nibble > 9) * np.uint8(ord("a") - ord("9") - 1)
+        hex_keep[:, f, :hex_w] = (ranks[:, f] > 0)[:, None]
     chars[:, -1] = ord("\n")
     return chars[keep].tobytes(), keep.sum(axis=1)
 
