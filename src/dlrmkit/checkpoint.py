@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from dlrmkit.config import ModelConfig
-from dlrmkit.errors import CheckpointError
+from dlrmkit.errors import CheckpointError, ConfigError
 from dlrmkit.model import DLRM, build_model
 
 FORMAT_NAME = "dlrmkit-checkpoint"
@@ -93,7 +93,7 @@ def model_from_checkpoint(ckpt: dict, source: str = "checkpoint") -> tuple[DLRM,
     """Build the DLRM a checkpoint describes and load its weights."""
     try:
         cfg = ModelConfig.from_dict(ckpt["model_config"])
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, ConfigError) as e:
         raise CheckpointError(f"{source}: model_config is missing or invalid ({e})") from None
     model = build_model(cfg)
     load_model_state(model, ckpt["model_state"], source)

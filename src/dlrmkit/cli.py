@@ -18,6 +18,16 @@ from dlrmkit.config import INTERACTIONS, OPTIMIZERS, PRESETS, ModelConfig, Sched
 from dlrmkit.errors import ConfigError, DlrmkitError
 
 EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A flag is missing or malformed; raised instead of argparse's print-usage-and-exit."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: error: {message}")
 
 
 def _widths(text: str) -> tuple[int, ...]:
@@ -28,20 +38,30 @@ def _widths(text: str) -> tuple[int, ...]:
     return widths
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def _add_synth(sub) -> None:
     p = sub.add_parser("synth", help="make synthetic Criteo-like data with a known oracle AUC")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--rows", type=_positive_int, default=1_000_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=("binary", "raw"), default="binary",
                    help="binary: a dlrmkit dataset; raw: Criteo text (tab separated)")
     p.add_argument("--layout", choices=("kaggle", "terabyte"), default="kaggle",
                    help="kaggle: 7 days in one train.txt; terabyte: day_0..day_{N-1} files")
-    p.add_argument("--days", type=int, default=24, help="days of the terabyte layout")
+    p.add_argument("--days", type=_positive_int, default=24, help="days of the terabyte layout")
     p.add_argument("--cardinality-scale", type=float, default=1.0,
                    help="scale the Criteo Kaggle table sizes down by this factor (0, 1]")
     p.add_argument("--click-rate", type=float, default=0.25)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=_positive_int, default=2)
     p.add_argument("--quiet", action="store_true")
 
 
@@ -66,15 +86,15 @@ def _add_train(sub) -> None:
     g.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer,
                    help="sgd, or adagrad (row-wise for tables)")
     g.add_argument("--learning-rate", type=float, default=d.learning_rate)
-    g.add_argument("--mini-batch-size", "--batch-size", dest="batch_size", type=int, default=d.batch_size)
+    g.add_argument("--mini-batch-size", "--batch-size", dest="batch_size", type=_positive_int, default=d.batch_size)
     g.add_argument("--epochs", type=float, default=d.epochs)
-    g.add_argument("--max-steps", type=int)
+    g.add_argument("--max-steps", type=_positive_int)
     g.add_argument("--lr-num-warmup-steps", type=int, default=0)
     g.add_argument("--lr-decay-start-step", type=int, default=0)
     g.add_argument("--lr-num-decay-steps", type=int, default=0)
-    g.add_argument("--eval-every", "--test-freq", dest="eval_every", type=int,
+    g.add_argument("--eval-every", "--test-freq", dest="eval_every", type=_positive_int,
                    help="evaluate on the validation split every N steps (default: each epoch's end)")
-    g.add_argument("--eval-batch-size", "--test-mini-batch-size", dest="eval_batch_size", type=int,
+    g.add_argument("--eval-batch-size", "--test-mini-batch-size", dest="eval_batch_size", type=_positive_int,
                    default=d.eval_batch_size)
     g.add_argument("--eval-max-rows", type=int, help="evaluate on the first N validation rows only")
     g.add_argument("--target-auc", "--mlperf-auc-threshold", dest="target_auc", type=float,
@@ -82,7 +102,7 @@ def _add_train(sub) -> None:
     g.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps")
     g.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the forward pass")
     g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--threads", type=int, help="torch intra-op threads")
+    g.add_argument("--threads", type=_positive_int, help="torch intra-op threads")
     g.add_argument("--log-every", type=int, default=d.log_every)
     g.add_argument("--no-shuffle", action="store_true")
     g.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt exactly")
@@ -94,17 +114,17 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="test")
-    p.add_argument("--batch-size", type=int, default=16384)
-    p.add_argument("--max-rows", type=int)
+    p.add_argument("--batch-size", type=_positive_int, default=16384)
+    p.add_argument("--max-rows", type=_positive_int)
     p.add_argument("--bf16", action="store_true")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=_positive_int)
     p.add_argument("--out", help="JSON file for the metrics (default: beside the checkpoint)")
 
 
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="synthetic data -> kaggle DLRM -> test AUC beside the oracle AUC")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--rows", type=int, default=4_000_000)
+    p.add_argument("--rows", type=_positive_int, default=4_000_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preset", choices=PRESETS, default="kaggle")
     p.add_argument("--cardinality-scale", type=float, default=1.0)
@@ -113,8 +133,8 @@ def _add_demo(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dlrmkit", description="DLRM from Criteo logs to MLPerf-style results")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="dlrmkit", description="DLRM from Criteo logs to MLPerf-style results")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_synth(sub)
     _add_train(sub)
     _add_evaluate(sub)
@@ -218,7 +238,11 @@ COMMANDS = {"synth": _run_synth, "train": _run_train, "evaluate": _run_evaluate,
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as e:
+        print(f"{e} (see --help)", file=sys.stderr)
+        return EXIT_USAGE
     try:
         return COMMANDS[args.command](args)
     except DlrmkitError as e:

@@ -19,3 +19,7 @@ class CheckpointError(DlrmkitError):
 
 class TrainingDivergedError(DlrmkitError):
     """The training loss became NaN or infinite."""
+
+
+class EvaluationError(DlrmkitError):
+    """Metrics cannot be computed on the rows given (e.g. only one class for AUC)."""

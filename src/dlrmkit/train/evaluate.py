@@ -7,6 +7,7 @@ import torch
 
 from dlrmkit.data.dataset import SplitArrays
 from dlrmkit.data.loader import batches
+from dlrmkit.errors import EvaluationError
 from dlrmkit.metrics import binary_metrics
 from dlrmkit.model import DLRM
 
@@ -38,4 +39,8 @@ def evaluate(model: DLRM, split: SplitArrays, batch_size: int = 16384,
              max_index_range: int | None = None, max_rows: int | None = None, bf16: bool = False) -> dict:
     """AUC, log loss, accuracy (and row count, positive rate) of the model on a split."""
     labels, logits = predict_logits(model, split, batch_size, max_index_range, max_rows, bf16)
+    positives = int(labels.sum())
+    if positives == 0 or positives == labels.size:
+        raise EvaluationError(f"AUC is undefined on {labels.size} rows holding only one class "
+                              f"({positives} positive); evaluate on more rows")
     return binary_metrics(labels, logits)
