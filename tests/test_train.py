@@ -38,10 +38,10 @@ def short_run(small_data, small_meta, tmp_path_factory):
 
 
 def test_training_approaches_oracle_auc(tmp_path):
-    cfg = SynthConfig(rows=1_000_000, cardinality_scale=0.001, seed=3, workers=2)
+    cfg = SynthConfig(rows=2_000_000, cardinality_scale=0.001, seed=3, workers=2)
     meta = synth.write_binary(cfg, tmp_path / "data", progress=False)
     summary = train(tmp_path / "data", tmp_path / "run", _tiny(meta),
-                    TrainConfig(optimizer="adagrad", learning_rate=0.02, batch_size=512, epochs=2, threads=1),
+                    TrainConfig(optimizer="adagrad", learning_rate=0.02, batch_size=1024, epochs=2, threads=1),
                     progress=False)
     test_auc, oracle = summary["test"]["auc"], meta["oracle_auc"]["test"]
     print(f"test AUC {test_auc:.4f} oracle {oracle:.4f} gap {oracle - test_auc:.4f}")

@@ -127,7 +127,8 @@ def _add_demo(sub) -> None:
     p.add_argument("--rows", type=_positive_int, default=4_000_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preset", choices=PRESETS, default="kaggle")
-    p.add_argument("--cardinality-scale", type=float, default=1.0)
+    p.add_argument("--cardinality-scale", type=float, default=0.01,
+                   help="Kaggle table sizes x this (default 0.01: tables of up to 100k rows)")
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--quiet", action="store_true")
 

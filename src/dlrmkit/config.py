@@ -90,13 +90,13 @@ PRESETS = ("tiny", "kaggle", "terabyte")
 def preset(name: str, table_sizes: tuple[int, ...], num_dense: int = NUM_DENSE) -> ModelConfig:
     """A named architecture for the given tables.
 
-    - ``tiny``: dim 8, bottom 13-32-8, top 32-1: for tests and quick looks.
+    - ``tiny``: dim 16, bottom 13-64-16, top 64-1: for tests and quick looks.
     - ``kaggle``: the DLRM reference's Criteo Kaggle model: dim 16, 13-512-256-64-16, 512-256-1.
     - ``terabyte``: the MLPerf DLRM model: dim 128, 13-512-256-128, 1024-1024-512-256-1, tables
       capped at 40M rows.
     """
     if name == "tiny":
-        return ModelConfig(table_sizes, 8, (num_dense, 32, 8), (32, 1))
+        return ModelConfig(table_sizes, 16, (num_dense, 64, 16), (64, 1))
     if name == "kaggle":
         return ModelConfig(table_sizes, 16, (num_dense, 512, 256, 64, 16), (512, 256, 1))
     if name == "terabyte":

@@ -39,7 +39,7 @@ from dlrmkit.data.transforms import log1p_dense
 from dlrmkit.progress import Progress
 from dlrmkit.metrics import roc_auc
 
-HOT_ROWS = 500
+HOT_ROWS = 100
 LATENT_DIM = 4
 NUM_PAIRS = 24
 PILOT_ROWS = 200_000
@@ -56,8 +56,8 @@ SPARSE_MISSING = np.array([0.0, 0.0, 0.034, 0.034, 0.0, 0.121, 0.0, 0.0, 0.0, 0.
 # Signal strengths of the teacher's terms (chosen so the oracle AUC sits near real Criteo's ~0.8).
 DENSE_WEIGHT = 0.11
 DENSE_NONLINEAR = 0.27
-MAIN_EFFECT = 0.2
-PAIR_EFFECT = 0.25
+MAIN_EFFECT = 0.24
+PAIR_EFFECT = 0.3
 
 DENSE_MAX = 2**31 - 1  # the reference parses dense values as int32
 
