@@ -8,7 +8,6 @@ DEMO := runs/demo
 
 $(BIN)/dlrmkit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $@
 
