@@ -80,7 +80,7 @@ def test_train_writes_run(cli_run):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 5
     ckpt = load_checkpoint(run / "checkpoint.pt")
-    assert ckpt["model_config"]["embedding_dim"] == 8  # the tiny preset
+    assert ckpt["model_config"]["embedding_dim"] == 16  # the tiny preset
     assert tuple(ckpt["model_config"]["table_sizes"]) == Dataset(data).table_sizes
     assert ckpt["train_config"]["batch_size"] == 256
 

@@ -34,7 +34,7 @@ def test_model_config_cat_allows_other_bottom_width_and_round_trips():
 
 
 @pytest.mark.parametrize("name, dim, bottom, top, cap", [
-    ("tiny", 8, (13, 32, 8), (32, 1), None),
+    ("tiny", 16, (13, 64, 16), (64, 1), None),
     ("kaggle", 16, (13, 512, 256, 64, 16), (512, 256, 1), None),
     ("terabyte", 128, (13, 512, 256, 128), (1024, 1024, 512, 256, 1), 40_000_000),
 ])
