@@ -4,6 +4,7 @@ turns errors into one clear line and a non-zero exit code.
     dlrmkit synth     make synthetic Criteo-like data (binary dataset or raw text)
     dlrmkit train     train a DLRM on a dataset
     dlrmkit evaluate  AUC, log loss and accuracy of a checkpoint on a split
+    dlrmkit preprocess  raw Criteo logs -> a dlrmkit dataset
     dlrmkit demo      the whole road on built-in defaults (synth -> train -> evaluate)
 """
 
@@ -121,6 +122,26 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--out", help="JSON file for the metrics (default: beside the checkpoint)")
 
 
+def _add_preprocess(sub) -> None:
+    p = sub.add_parser("preprocess", help="raw Criteo logs (plain or .gz) -> a dlrmkit dataset")
+    p.add_argument("--dataset", choices=("kaggle", "terabyte"), required=True)
+    p.add_argument("--input", nargs="+", required=True,
+                   help="kaggle: train.txt; terabyte: day_0 .. day_23 in order (the last is cut into test/val)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--vocab", choices=("hash", "frequency", "reference"), default="reference",
+                   help="hash: value mod N; frequency: NVIDIA's (train rows, by count); "
+                        "reference: the DLRM reference's (first appearance over all rows)")
+    p.add_argument("--max-ind-range", type=_positive_int, help="values mod N (the table size for hash)")
+    p.add_argument("--frequency-threshold", type=_positive_int, default=1,
+                   help="frequency: values seen fewer times share one row")
+    p.add_argument("--on-bad-line", choices=("error", "skip"), default="error")
+    p.add_argument("--sub-sample-rate", type=float, default=0.0, help="drop this fraction of negative train rows")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=_positive_int, default=2)
+    p.add_argument("--keep-stage", action="store_true", help="keep OUT/.stage (parsed raw arrays)")
+    p.add_argument("--quiet", action="store_true")
+
+
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="synthetic data -> kaggle DLRM -> test AUC beside the oracle AUC")
     p.add_argument("--out", default="runs/demo")
@@ -139,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth(sub)
     _add_train(sub)
     _add_evaluate(sub)
+    _add_preprocess(sub)
     _add_demo(sub)
     return parser
 
@@ -204,23 +226,39 @@ def _run_train(args) -> int:
 def _run_evaluate(args) -> int:
     import torch
 
-    from dlrmkit.checkpoint import load_checkpoint, model_from_checkpoint
     from dlrmkit.data.dataset import Dataset
+    from dlrmkit.reference_checkpoint import load_any_model
     from dlrmkit.train.evaluate import evaluate
     from dlrmkit.train.loop import check_tables
 
     if args.threads:
         torch.set_num_threads(args.threads)
     dataset = Dataset(args.data)
-    ckpt = load_checkpoint(args.checkpoint)
-    model, cfg = model_from_checkpoint(ckpt, args.checkpoint)
+    model, cfg, kind = load_any_model(args.checkpoint)
     check_tables(cfg, dataset)
     metrics = evaluate(model, dataset.split(args.split), args.batch_size, cfg.max_index_range, args.max_rows, args.bf16)
-    metrics.update(split=args.split, checkpoint=str(args.checkpoint), data=str(args.data))
+    metrics.update(split=args.split, checkpoint=str(args.checkpoint), checkpoint_format=kind, data=str(args.data))
     out = Path(args.out) if args.out else Path(args.checkpoint).with_name(f"eval_{args.split}.json")
     out.write_text(json.dumps(metrics, indent=2) + "\n")
     print(f"{args.split}: AUC {metrics['auc']:.6f} log loss {metrics['log_loss']:.6f} "
           f"accuracy {metrics['accuracy']:.4f} on {metrics['rows']} rows; wrote {out}")
+    return 0
+
+
+def _run_preprocess(args) -> int:
+    from dlrmkit.config import PreprocessConfig
+    from dlrmkit.data.preprocess import preprocess
+
+    cfg = PreprocessConfig(dataset=args.dataset, inputs=tuple(args.input), vocab=args.vocab,
+                           max_index_range=args.max_ind_range, frequency_threshold=args.frequency_threshold,
+                           on_bad_line=args.on_bad_line, sub_sample_rate=args.sub_sample_rate, seed=args.seed,
+                           workers=args.workers, keep_stage=args.keep_stage)
+    meta = preprocess(cfg, args.out, progress=not args.quiet)
+    src, perf = meta["source"], meta["preprocess"]
+    skipped = {k: v for k, v in src["bad_lines"].items() if v}
+    print(f"wrote {src['rows']:,} rows ({', '.join(f'{k} {v:,}' for k, v in meta['splits'].items() for v in [v['rows']])}) "
+          f"to {args.out} at {perf['rows_per_s'] / 1e3:.0f}k rows/s; vocab {cfg.vocab}, "
+          f"{sum(meta['table_sizes']):,} table rows; bad lines skipped: {skipped or 'none'}")
     return 0
 
 
@@ -235,7 +273,8 @@ def _run_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"synth": _run_synth, "train": _run_train, "evaluate": _run_evaluate, "demo": _run_demo}
+COMMANDS = {"synth": _run_synth, "train": _run_train, "evaluate": _run_evaluate,
+            "preprocess": _run_preprocess, "demo": _run_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

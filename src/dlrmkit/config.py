@@ -197,3 +197,41 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         return cls(**d)
+
+
+BAD_LINE_POLICIES = ("error", "skip")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Raw Criteo text -> dlrmkit dataset (see dlrmkit.data.preprocess)."""
+
+    dataset: str  # kaggle: one train.txt cut into 7 days; terabyte: one file per day, in order
+    inputs: tuple[str, ...]
+    vocab: str = "hash"
+    max_index_range: int | None = None
+    frequency_threshold: int = 1
+    on_bad_line: str = "error"
+    sub_sample_rate: float = 0.0
+    seed: int = 0
+    workers: int = 2
+    block_bytes: int = 8 << 20
+    keep_stage: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "inputs", tuple(str(i) for i in self.inputs))
+        _require(self.dataset in ("kaggle", "terabyte"), f"dataset must be kaggle or terabyte, got {self.dataset!r}")
+        _require(len(self.inputs) >= 1, "at least one input file is needed")
+        if self.dataset == "kaggle":
+            _require(len(self.inputs) == 1, f"kaggle takes one train.txt, got {len(self.inputs)} inputs")
+        else:
+            _require(len(self.inputs) >= 2, "terabyte needs at least two day files (the last is cut into test and val)")
+        _require(self.vocab in ("hash", "frequency", "reference"),
+                 f"vocab must be hash, frequency or reference, got {self.vocab!r}")
+        if self.vocab == "hash":
+            _require(self.max_index_range is not None, "--vocab hash needs --max-ind-range N (the table size)")
+        _require(self.max_index_range is None or self.max_index_range > 0, "max_index_range must be positive")
+        _require(self.frequency_threshold >= 1, "frequency_threshold must be at least 1")
+        _require(self.on_bad_line in BAD_LINE_POLICIES, f"on_bad_line must be one of {BAD_LINE_POLICIES}")
+        _require(0.0 <= self.sub_sample_rate < 1.0, f"sub_sample_rate must be in [0, 1), got {self.sub_sample_rate}")
+        _require(self.workers >= 1 and self.block_bytes >= 1 << 16, "workers >= 1 and block_bytes >= 64 KiB")
