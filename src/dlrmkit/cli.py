@@ -5,6 +5,7 @@ turns errors into one clear line and a non-zero exit code.
     dlrmkit train     train a DLRM on a dataset
     dlrmkit evaluate  AUC, log loss and accuracy of a checkpoint on a split
     dlrmkit preprocess  raw Criteo logs -> a dlrmkit dataset
+    dlrmkit import    data processed by the DLRM reference tools -> a dlrmkit dataset
     dlrmkit demo      the whole road on built-in defaults (synth -> train -> evaluate)
 """
 
@@ -142,6 +143,18 @@ def _add_preprocess(sub) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
+def _add_import(sub) -> None:
+    p = sub.add_parser("import", help="data processed by the DLRM reference tools -> a dlrmkit dataset")
+    p.add_argument("--format", choices=("kaggle-npz", "terabyte-npz", "mlperf-bin"), required=True,
+                   help="kaggle-npz: kaggleAdDisplayChallenge_processed.npz; terabyte-npz: day_<n>_reordered.npz "
+                        "files in order; mlperf-bin: terabyte_processed_{train,val,test}.bin")
+    p.add_argument("--input", nargs="+", required=True)
+    p.add_argument("--counts", help="day_fea_count.npz (table sizes) for terabyte-npz and mlperf-bin")
+    p.add_argument("--max-ind-range", type=_positive_int, help="indices mod N, tables capped at N")
+    p.add_argument("--out", required=True)
+    p.add_argument("--quiet", action="store_true")
+
+
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="synthetic data -> kaggle DLRM -> test AUC beside the oracle AUC")
     p.add_argument("--out", default="runs/demo")
@@ -161,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_preprocess(sub)
+    _add_import(sub)
     _add_demo(sub)
     return parser
 
@@ -262,6 +276,15 @@ def _run_preprocess(args) -> int:
     return 0
 
 
+def _run_import(args) -> int:
+    from dlrmkit.data.reference_data import import_reference
+
+    meta = import_reference(args.format, args.input, args.out, args.counts, args.max_ind_range, not args.quiet)
+    splits = ", ".join(f"{k} {v['rows']:,}" for k, v in meta["splits"].items())
+    print(f"imported {args.format} to {args.out}: {splits}; {sum(meta['table_sizes']):,} table rows")
+    return 0
+
+
 def _run_demo(args) -> int:
     import dataclasses
 
@@ -274,7 +297,7 @@ def _run_demo(args) -> int:
 
 
 COMMANDS = {"synth": _run_synth, "train": _run_train, "evaluate": _run_evaluate,
-            "preprocess": _run_preprocess, "demo": _run_demo}
+            "preprocess": _run_preprocess, "import": _run_import, "demo": _run_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
