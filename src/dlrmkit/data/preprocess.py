@@ -248,13 +248,9 @@ def preprocess(cfg: PreprocessConfig, out: str | os.PathLike, progress: bool = T
 
     bar = Progress(sum(rows), "rows", "preprocess [2/2 build]", enabled=progress)
     vocabs = None
-    if cfg.vocab == "reference":
+    if cfg.vocab == "reference":  # indexed while the dictionary grows, in global row order
         vocabs = [FirstAppearance() for _ in range(NUM_SPARSE)]
-        for _, chunk in staged.chunks(0, sum(rows)):
-            values = _capped(chunk["sparse"], cfg.max_index_range)
-            for j, v in enumerate(vocabs):
-                v.update(values[:, j])
-    elif cfg.vocab == "frequency":
+    elif cfg.vocab == "frequency":  # counted over the (kept) training rows first
         counters = [FrequencyCounter() for _ in range(NUM_SPARSE)]
         for lo, chunk in staged.chunks(train_lo, train_hi):
             keep = keep_mask(chunk["label"], np.arange(lo, lo + chunk["label"].size), cfg.sub_sample_rate, cfg.seed)
@@ -262,12 +258,11 @@ def preprocess(cfg: PreprocessConfig, out: str | os.PathLike, progress: bool = T
             for j, c in enumerate(counters):
                 c.update(values[:, j])
         vocabs = [c.finish(cfg.frequency_threshold) for c in counters]
-    table_sizes = [cfg.max_index_range] * NUM_SPARSE if vocabs is None else [v.size() for v in vocabs]
 
     writer = DatasetWriter(out, NUM_DENSE, NUM_SPARSE)
-    counts = [np.zeros(t, dtype=np.int64) for t in table_sizes]
+    counts = [np.zeros(0, dtype=np.int64) for _ in range(NUM_SPARSE)]  # training occurrences per row index
     dropped = 0
-    for split in ("train", "val", "test"):
+    for split in ("train", "test", "val"):  # global row order (the last day: test half, then val half)
         lo, hi = ranges[split]
         for a, chunk in staged.chunks(lo, hi):
             label, dense, sparse = chunk["label"], chunk["dense"], chunk["sparse"]
@@ -275,13 +270,15 @@ def preprocess(cfg: PreprocessConfig, out: str | os.PathLike, progress: bool = T
                 keep = keep_mask(label, np.arange(a, a + label.size), cfg.sub_sample_rate, cfg.seed)
                 dropped += int((~keep).sum())
                 label, dense, sparse = label[keep], dense[keep], sparse[keep]
-            index = _indices(sparse, cfg, vocabs)
+            index = _indices(sparse, cfg, vocabs).astype(np.int32)
             if split == "train":
                 for j in range(NUM_SPARSE):
-                    counts[j] += np.bincount(index[:, j], minlength=table_sizes[j])
-            writer.append(split, label, log1p_dense(dense), index.astype(np.int32))
+                    counts[j] = _add_counts(counts[j], index[:, j])
+            writer.append(split, label, log1p_dense(dense), index)
             bar.update(chunk["label"].size)
     bar.close()
+    table_sizes = [cfg.max_index_range] * NUM_SPARSE if vocabs is None else [v.size() for v in vocabs]
+    counts = [np.pad(c, (0, t - c.size)) for c, t in zip(counts, table_sizes)]
     _save_vocab(out, cfg, vocabs, counts)
     seconds = time.perf_counter() - t0
     bad_total: dict[str, int] = {}
@@ -324,8 +321,23 @@ def _indices(sparse: np.ndarray, cfg: PreprocessConfig, vocabs) -> np.ndarray:
     values = _capped(sparse, cfg.max_index_range)
     out = np.empty(values.shape, dtype=np.int64)
     for j, v in enumerate(vocabs):
-        out[:, j] = v.apply(values[:, j])
+        out[:, j] = v.update(values[:, j]) if isinstance(v, FirstAppearance) else v.apply(values[:, j])
     return out
+
+
+def _add_counts(counts: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """counts[i] += occurrences of i in index; grows ``counts`` as needed."""
+    if index.size == 0:
+        return counts
+    top = int(index.max()) + 1
+    if top > counts.size:
+        counts = np.pad(counts, (0, top - counts.size))
+    if top <= 8 * index.size:  # dense enough for bincount
+        counts[:top] += np.bincount(index, minlength=top)
+    else:
+        rows, n = np.unique(index, return_counts=True)
+        counts[rows] += n
+    return counts
 
 
 def _save_vocab(out: Path, cfg: PreprocessConfig, vocabs, counts: list[np.ndarray]) -> None:

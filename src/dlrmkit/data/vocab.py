@@ -60,19 +60,28 @@ class FirstAppearance:
     def __init__(self) -> None:
         self.dict = SortedDict()
 
-    def update(self, column: np.ndarray) -> None:
-        """Feed the next values of the column, in file order."""
-        uniq, first = np.unique(column.astype(np.uint64), return_index=True)
-        _, found = self.dict.find(uniq)
-        new, new_first = uniq[~found], first[~found]
-        order = np.argsort(new_first, kind="stable")
-        self.dict.insert(new[order], len(self.dict) + np.arange(new.size, dtype=np.int64))
+    def update(self, column: np.ndarray) -> np.ndarray:
+        """Feed the next values of the column, in file order; returns their indices.
+
+        An index is final once given (later values only append), so indexing happens in the same
+        pass: one sort of the chunk, one lookup per distinct value.
+        """
+        uniq, first, inverse = np.unique(column.astype(np.uint64), return_index=True, return_inverse=True)
+        pos, found = self.dict.find(uniq)
+        index = np.empty(uniq.size, dtype=np.int64)
+        index[found] = self.dict.values[pos[found]]
+        new = np.flatnonzero(~found)
+        new = new[np.argsort(first[new], kind="stable")]  # in order of first appearance
+        index[new] = len(self.dict) + np.arange(new.size, dtype=np.int64)
+        self.dict.insert(uniq[new], index[new])
+        return index[inverse.reshape(-1)]
 
     def size(self) -> int:
         return len(self.dict)
 
     def apply(self, column: np.ndarray) -> np.ndarray:
-        return self.dict.lookup(column.astype(np.uint64), missing=-1)
+        uniq, inverse = np.unique(column.astype(np.uint64), return_inverse=True)
+        return self.dict.lookup(uniq, missing=-1)[inverse.reshape(-1)]
 
     def values_in_index_order(self) -> np.ndarray:
         out = np.empty(len(self.dict), dtype=np.uint64)
@@ -114,7 +123,8 @@ class FrequencyVocab:
         return len(self.vocab) + 1  # the last row is shared by rare and unseen values
 
     def apply(self, column: np.ndarray) -> np.ndarray:
-        return self.vocab.lookup(column.astype(np.uint64), missing=len(self.vocab))
+        uniq, inverse = np.unique(column.astype(np.uint64), return_inverse=True)
+        return self.vocab.lookup(uniq, missing=len(self.vocab))[inverse.reshape(-1)]
 
 
 def hash_index(column: np.ndarray, max_index_range: int) -> np.ndarray:
