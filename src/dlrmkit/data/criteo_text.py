@@ -32,8 +32,6 @@ _HEX_VALUE[np.frombuffer(b"abcdef", np.uint8)] = np.arange(10, 16)
 _HEX_VALUE[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16)
 _DEC_VALUE = np.full(256, -1, dtype=np.int16)
 _DEC_VALUE[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10)
-_HEX_POWERS = 16 ** np.arange(MAX_HEX_DIGITS - 1, -1, -1, dtype=np.int64)
-_DEC_POWERS = 10 ** np.arange(MAX_DENSE_DIGITS - 1, -1, -1, dtype=np.int64)
 
 
 @dataclass
@@ -56,30 +54,46 @@ class ParsedBlock:
 
 
 PAD = 16  # bytes of padding before the block, so 16-byte windows ending at any field are in bounds
-_HEX_POWERS_F = _HEX_POWERS.astype(np.float64)
-_DEC_POWERS_F = _DEC_POWERS.astype(np.float64)
+_INVALID = 0xFF
+_HEX_NIBBLE = np.where(_HEX_VALUE >= 0, _HEX_VALUE, _INVALID).astype(np.uint8)
+_DEC_DIGIT = np.where(_DEC_VALUE >= 0, _DEC_VALUE, _INVALID).astype(np.uint8)
+_HIGH_BITS = np.uint64(0x8080808080808080)
+_U64 = np.uint64
 
 
-def _windows(buf: np.ndarray, ends: np.ndarray, width: int) -> np.ndarray:
-    """The ``width`` (8 or 16) bytes before each position, as a (g, width) uint8 matrix.
-
-    One unaligned 8-byte load per 8 bytes (a strided uint64 view of the buffer) instead of one
-    gather per byte.
-    """
+def _windows(buf: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """The 8 bytes before each position, as little-endian uint64 words (one unaligned load each)."""
     words = np.ndarray((buf.size - 7,), dtype="<u8", buffer=buf, strides=(1,))
-    parts = [words[ends - width + 8 * k] for k in range(width // 8)]
-    return np.stack(parts, axis=1).view(np.uint8).reshape(ends.size, width)
+    return words[ends - 8]
 
 
-def _field_value(buf: np.ndarray, start: np.ndarray, end: np.ndarray, width: int, table: np.ndarray,
-                 powers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Digits of fields [start, end), at most ``width`` long: (value (g,) int64, any invalid char (g,))."""
-    chars = _windows(buf, end, width)
-    inside = np.arange(width) >= (width - (end - start))[:, None]
-    digit = table[chars]
-    invalid = ((digit < 0) & inside).any(axis=1)
-    value = np.where(inside, digit, 0).astype(np.float64) @ powers  # exact: < 2^53
-    return value.astype(np.int64), invalid
+_BYTE_MASKS = np.array([0] + [(0xFFFFFFFFFFFFFFFF << (8 * (8 - k))) & 0xFFFFFFFFFFFFFFFF for k in range(1, 9)],
+                       dtype=np.uint64)
+
+
+def _byte_mask(length: np.ndarray) -> np.ndarray:
+    """A word mask keeping the last ``length`` (0..8) bytes of an 8-byte window (its high bytes)."""
+    return _BYTE_MASKS[np.clip(length, 0, 8)]
+
+
+def _swar_combine(digits: np.ndarray, base: int) -> np.ndarray:
+    """Eight base-``base`` digits held one per byte (first byte most significant) -> their value."""
+    b = _U64(base)
+    t = (digits & _U64(0x00FF00FF00FF00FF)) * b + ((digits >> _U64(8)) & _U64(0x00FF00FF00FF00FF))
+    t = (t & _U64(0x0000FFFF0000FFFF)) * (b * b) + ((t >> _U64(16)) & _U64(0x0000FFFF0000FFFF))
+    return (t & _U64(0xFFFFFFFF)) * (b ** _U64(4)) + (t >> _U64(32))
+
+
+def _digits_value(buf: np.ndarray, end: np.ndarray, length: np.ndarray, table: np.ndarray,
+                  base: int) -> tuple[np.ndarray, np.ndarray]:
+    """Value of the last ``length`` (<= 8) characters before ``end`` in base 10 or 16, and whether
+    any of them is not a digit of that base. Vectorized over any shape of fields."""
+    words = _windows(buf, end)
+    digits = table[words.view(np.uint8)].view(np.uint64).reshape(words.shape)  # one digit per byte
+    mask = _byte_mask(length)
+    digits &= mask
+    invalid = (digits & _HIGH_BITS) != 0
+    return _swar_combine(digits, base).astype(np.int64), invalid
 
 
 def parse_block(data: bytes | np.ndarray) -> ParsedBlock:
@@ -125,36 +139,41 @@ def parse_block(data: bytes | np.ndarray) -> ParsedBlock:
     flag(~label_ok, "bad_label", lambda r: f"label {text(r, 0)!r} is not 0 or 1")
     label = (lab_char - 48).astype(np.uint8)
 
-    dense = np.zeros((g, NUM_DENSE), dtype=np.int64)
+    # Dense: all 13 columns at once; up to 10 digits after an optional '-', as two 8-byte windows.
+    cols = np.arange(DENSE_FIRST, DENSE_FIRST + NUM_DENSE)
+    at = last_sep[:, None] - (NUM_FIELDS - 1) + cols  # (g, 13)
+    s, e = sep_ext[at] + 1, sep_ext[at + 1]
+    negative = (e > s) & (buf[s] == 45)  # '-'
+    n_digits = e - s - negative
+    low, bad_low = _digits_value(buf, e, np.minimum(n_digits, 8), _DEC_DIGIT, 10)
+    high, bad_high = _digits_value(buf, e - 8, np.clip(n_digits - 8, 0, 8), _DEC_DIGIT, 10)
+    magnitude = high * 100_000_000 + low
+    not_int = bad_low | bad_high | (n_digits > MAX_DENSE_DIGITS) | (negative & (n_digits == 0))
+    dense = np.where(negative, -magnitude, magnitude)
+    out_of_range = (dense > INT32_MAX) | (dense < INT32_MIN)
     for j in range(NUM_DENSE):
         c = DENSE_FIRST + j
-        s, e = field_bounds(c)
-        negative = (e > s) & (buf[s] == 45)  # '-'
-        digits = s + negative
-        n_digits = e - digits
-        too_long = n_digits > MAX_DENSE_DIGITS
-        magnitude, invalid = _field_value(buf, np.maximum(digits, e - MAX_DENSE_DIGITS), e, 16, _DEC_VALUE,
-                                          np.r_[np.zeros(6), _DEC_POWERS_F])
-        not_int = invalid | too_long | (negative & (n_digits == 0))
-        flag(not_int, "dense_not_integer",
+        flag(not_int[:, j], "dense_not_integer",
              lambda r, c=c: f"field {c + 1} (I{c}) {text(r, c)!r} is not an integer of at most {MAX_DENSE_DIGITS} digits")
-        v = np.where(negative, -magnitude, magnitude)
-        flag((v > INT32_MAX) | (v < INT32_MIN), "dense_out_of_range",
+        flag(out_of_range[:, j], "dense_out_of_range",
              lambda r, c=c: f"field {c + 1} (I{c}) {text(r, c)!r} is outside int32")
-        dense[:, j] = v
 
-    sparse = np.zeros((g, NUM_SPARSE), dtype=np.int64)
+    # Categorical: all 26 columns at once; at most 8 hex digits, one 8-byte window.
+    cols = np.arange(SPARSE_FIRST, NUM_FIELDS)
+    at = last_sep[:, None] - (NUM_FIELDS - 1) + cols  # (g, 26)
+    s, e = sep_ext[at] + 1, sep_ext[at + 1]
+    crlf = (e[:, -1] > s[:, -1]) & (buf[e[:, -1] - 1] == 13)  # drop the CR of a CRLF line end
+    e[:, -1] -= crlf
+    length = e - s
+    too_long = length > MAX_HEX_DIGITS
+    sparse, not_hex = _digits_value(buf, e, length, _HEX_NIBBLE, 16)
     for j in range(NUM_SPARSE):
         c = SPARSE_FIRST + j
-        s, e = field_bounds(c)
-        too_long = (e - s) > MAX_HEX_DIGITS
-        flag(too_long, "categorical_too_long",
+        flag(too_long[:, j], "categorical_too_long",
              lambda r, c=c, j=j: f"field {c + 1} (C{j + 1}) has {len(text(r, c))} characters, "
                                  f"more than {MAX_HEX_DIGITS} hex digits")
-        value, invalid = _field_value(buf, np.maximum(s, e - MAX_HEX_DIGITS), e, MAX_HEX_DIGITS, _HEX_VALUE,
-                                      _HEX_POWERS_F)
-        flag(invalid, "categorical_not_hex", lambda r, c=c, j=j: f"field {c + 1} (C{j + 1}) {text(r, c)!r} is not hex")
-        sparse[:, j] = value
+        flag(not_hex[:, j] & ~too_long[:, j], "categorical_not_hex",
+             lambda r, c=c, j=j: f"field {c + 1} (C{j + 1}) {text(r, c)!r} is not hex")
 
     good = ~bad_rows
     return ParsedBlock(label[good], dense[good], sparse[good], rows[good], n,

@@ -260,7 +260,9 @@ def preprocess(cfg: PreprocessConfig, out: str | os.PathLike, progress: bool = T
         vocabs = [c.finish(cfg.frequency_threshold) for c in counters]
 
     writer = DatasetWriter(out, NUM_DENSE, NUM_SPARSE)
-    counts = [np.zeros(0, dtype=np.int64) for _ in range(NUM_SPARSE)]  # training occurrences per row index
+    known = [cfg.max_index_range] * NUM_SPARSE if vocabs is None else \
+        ([v.size() for v in vocabs] if cfg.vocab == "frequency" else [0] * NUM_SPARSE)
+    counts = [np.zeros(n, dtype=np.int64) for n in known]  # training occurrences per row index
     dropped = 0
     for split in ("train", "test", "val"):  # global row order (the last day: test half, then val half)
         lo, hi = ranges[split]
@@ -278,7 +280,7 @@ def preprocess(cfg: PreprocessConfig, out: str | os.PathLike, progress: bool = T
             bar.update(chunk["label"].size)
     bar.close()
     table_sizes = [cfg.max_index_range] * NUM_SPARSE if vocabs is None else [v.size() for v in vocabs]
-    counts = [np.pad(c, (0, t - c.size)) for c, t in zip(counts, table_sizes)]
+    counts = [c[:t] for c, t in zip(counts, table_sizes)]
     _save_vocab(out, cfg, vocabs, counts)
     seconds = time.perf_counter() - t0
     bad_total: dict[str, int] = {}
@@ -326,28 +328,30 @@ def _indices(sparse: np.ndarray, cfg: PreprocessConfig, vocabs) -> np.ndarray:
 
 
 def _add_counts(counts: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """counts[i] += occurrences of i in index; grows ``counts`` as needed."""
+    """counts[i] += occurrences of i in index; grows ``counts`` (doubling) as needed."""
     if index.size == 0:
         return counts
     top = int(index.max()) + 1
     if top > counts.size:
-        counts = np.pad(counts, (0, top - counts.size))
-    if top <= 8 * index.size:  # dense enough for bincount
+        counts = np.pad(counts, (0, max(top, 2 * counts.size) - counts.size))
+    if top <= 4 * index.size:  # dense enough for bincount
         counts[:top] += np.bincount(index, minlength=top)
-    else:
+    else:  # a big sparse table (hash): sort the chunk instead of allocating the table
         rows, n = np.unique(index, return_counts=True)
         counts[rows] += n
     return counts
 
 
 def _save_vocab(out: Path, cfg: PreprocessConfig, vocabs, counts: list[np.ndarray]) -> None:
-    """``vocab/C<j>.npy``: the value of each row index (reference, frequency); ``counts/C<j>.npy``:
-    how often each row index occurs in the training split (hot/cold placement reads these)."""
+    """``vocab/C<j>.npy``: the value of each row index (reference, frequency); ``counts/C<j>.npz``:
+    how often each row index occurs in the training split, as the rows seen (``index``, sorted)
+    and their ``count`` (hot/cold placement reads these)."""
     for sub in ("vocab", "counts"):
         shutil.rmtree(out / sub, ignore_errors=True)
         (out / sub).mkdir()
     for j in range(NUM_SPARSE):
-        np.save(out / "counts" / f"C{j + 1}.npy", counts[j])
+        seen = np.flatnonzero(counts[j])
+        np.savez(out / "counts" / f"C{j + 1}.npz", index=seen, count=counts[j][seen])
         if isinstance(vocabs, list) and isinstance(vocabs[j], FirstAppearance):
             np.save(out / "vocab" / f"C{j + 1}.npy", vocabs[j].values_in_index_order())
         elif vocabs is not None:
