@@ -253,7 +253,10 @@ def _run_evaluate(args) -> int:
     metrics = evaluate(model, dataset.split(args.split), args.batch_size, cfg.max_index_range, args.max_rows, args.bf16)
     metrics.update(split=args.split, checkpoint=str(args.checkpoint), checkpoint_format=kind, data=str(args.data))
     out = Path(args.out) if args.out else Path(args.checkpoint).with_name(f"eval_{args.split}.json")
-    out.write_text(json.dumps(metrics, indent=2) + "\n")
+    try:
+        out.write_text(json.dumps(metrics, indent=2) + "\n")
+    except OSError as e:
+        raise DlrmkitError(f"cannot write the metrics to {out} ({e.strerror}); choose a file with --out") from None
     print(f"{args.split}: AUC {metrics['auc']:.6f} log loss {metrics['log_loss']:.6f} "
           f"accuracy {metrics['accuracy']:.4f} on {metrics['rows']} rows; wrote {out}")
     return 0

@@ -1,4 +1,4 @@
-"""The README's main job: synthetic Criteo data -> the kaggle DLRM trained on it -> test AUC.
+"""The README's main job: synthetic Criteo logs -> preprocessing -> the kaggle DLRM -> test AUC.
 
 Each step is the same plain function the CLI verbs call; the demo only chains them and prints
 what a user wants to see: test AUC beside the oracle AUC, throughput, and where the files are.
@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 from dlrmkit.checkpoint import load_checkpoint, model_from_checkpoint
-from dlrmkit.config import SynthConfig, TrainConfig, preset
+from dlrmkit.config import PreprocessConfig, SynthConfig, TrainConfig, preset
 from dlrmkit.data import synth
+from dlrmkit.data.preprocess import preprocess
 from dlrmkit.data.dataset import Dataset, write_json_atomic
 from dlrmkit.train.evaluate import evaluate
 from dlrmkit.train.loop import train
@@ -30,16 +31,21 @@ def run_demo(out: str | os.PathLike, rows: int = DEMO_ROWS, seed: int = 0, train
     """Run the whole road under ``out``: data/, run/, demo.json. Returns the demo's figures."""
     out = Path(out)
     t0 = time.perf_counter()
-    data_dir, run_dir = out / "data", out / "run"
-    print(f"[1/3] synth: {rows:,} Criteo-like rows (Kaggle table sizes x {cardinality_scale}) -> {data_dir}", flush=True)
-    meta = synth.write_binary(SynthConfig(rows=rows, seed=seed, cardinality_scale=cardinality_scale), data_dir,
-                              progress=progress)
+    raw_dir, data_dir, run_dir = out / "raw", out / "data", out / "run"
+    print(f"[1/4] synth: {rows:,} Criteo-like rows as Kaggle train.txt text (table sizes x {cardinality_scale}) "
+          f"-> {raw_dir}", flush=True)
+    meta = synth.write_raw(SynthConfig(rows=rows, seed=seed, cardinality_scale=cardinality_scale), raw_dir,
+                           progress=progress)
+    print(f"[2/4] preprocess: {raw_dir / 'train.txt'} -> {data_dir} (frequency vocabulary, reference splits)",
+          flush=True)
+    prep = preprocess(PreprocessConfig(dataset="kaggle", inputs=(str(raw_dir / "train.txt"),), vocab="frequency"),
+                      data_dir, progress=progress)
     dataset = Dataset(data_dir)
     model_cfg = preset(preset_name, dataset.table_sizes)
-    print(f"[2/3] train: the {preset_name} DLRM ({sum(model_cfg.table_sizes):,} embedding rows) for "
+    print(f"[3/4] train: the {preset_name} DLRM ({sum(model_cfg.table_sizes):,} embedding rows) for "
           f"{train_cfg.epochs:g} epoch(s) of {dataset.splits['train']:,} rows -> {run_dir}", flush=True)
     summary = train(data_dir, run_dir, model_cfg, train_cfg, progress=progress)
-    print(f"[3/3] evaluate: {run_dir / 'checkpoint.pt'} on the test split", flush=True)
+    print(f"[4/4] evaluate: {run_dir / 'checkpoint.pt'} on the test split", flush=True)
     model, cfg = model_from_checkpoint(load_checkpoint(run_dir / "checkpoint.pt"))
     test = evaluate(model, dataset.split("test"), max_index_range=cfg.max_index_range)
     result = {
@@ -49,6 +55,7 @@ def run_demo(out: str | os.PathLike, rows: int = DEMO_ROWS, seed: int = 0, train
         "test_accuracy": test["accuracy"],
         "train_samples_per_s": summary["train_samples_per_s"],
         "synth_rows_per_s": meta["generation"]["rows_per_s"],
+        "preprocess_rows_per_s": prep["preprocess"]["rows_per_s"],
         "steps": summary["steps"],
         "seconds": time.perf_counter() - t0,
         "data": str(data_dir),
@@ -61,8 +68,10 @@ def run_demo(out: str | os.PathLike, rows: int = DEMO_ROWS, seed: int = 0, train
     print(f"log loss     {result['test_log_loss']:.4f}   accuracy {result['test_accuracy']:.4f} "
           f"on {test['rows']:,} test rows")
     print(f"throughput   {result['train_samples_per_s'] / 1e3:.1f}k samples/s training; "
-          f"{result['synth_rows_per_s'] / 1e3:.0f}k rows/s synthetic data")
-    print(f"artifacts    {data_dir} (dataset), {run_dir} (checkpoint.pt, metrics.jsonl, summary.json), "
+          f"{result['synth_rows_per_s'] / 1e3:.0f}k rows/s synthetic text; "
+          f"{result['preprocess_rows_per_s'] / 1e3:.0f}k rows/s preprocessing")
+    print(f"artifacts    {raw_dir} (train.txt), {data_dir} (dataset), {run_dir} (checkpoint.pt, metrics.jsonl, "
+          f"summary.json), "
           f"{out / 'demo.json'}")
     print(f"total        {result['seconds']:.0f} s")
     return result

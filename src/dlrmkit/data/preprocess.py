@@ -7,7 +7,7 @@ atomically), so a rerun after a crash skips the files already staged.
 
 Pass 2, build: the staged rows are cut into days and splits as the DLRM reference cuts them
 (dlrmkit.data.splits); the vocabulary is built (hash: none; reference: first appearance over
-all rows; frequency: counts over the training rows), then every split is written with dense =
+all kept rows; frequency: counts over the kept training rows), then every split is written with dense =
 log(1 + max(x, 0)) and sparse = the vocabulary's index. Vocabularies and per-index training
 counts are saved beside the dataset; metadata.json is written last.
 
@@ -18,7 +18,6 @@ take about 540 MB).
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import shutil
@@ -47,35 +46,66 @@ STAGE_ARRAYS = {"label": (np.uint8, ()), "dense": (np.int32, (NUM_DENSE,)), "spa
 
 # --- reading ---------------------------------------------------------------------------------
 
-def _open(path: Path):
+GZIP_MAGIC = b"\x1f\x8b"
+READ_BYTES = 1 << 20
+
+
+def _raw_chunks(path: Path, piece: int = READ_BYTES) -> Iterator[tuple[bytes, bool]]:
+    """The file's bytes in pieces, gunzipped when it is gzip (several members allowed).
+
+    Yields (data, truncated); the last piece of a gzip stream that breaks off comes with
+    truncated=True, after every byte that could still be decoded.
+    """
     with open(path, "rb") as f:
-        magic = f.read(2)
-    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+        if f.read(2) != GZIP_MAGIC:
+            f.seek(0)
+            while data := f.read(piece):
+                yield data, False
+            return
+        f.seek(0)
+        decoder, fed = zlib.decompressobj(wbits=31), False
+        while raw := f.read(piece):
+            while raw:
+                try:
+                    out = decoder.decompress(raw)
+                except zlib.error:
+                    yield b"", True
+                    return
+                fed = True
+                if out:
+                    yield out, False
+                if not decoder.eof:
+                    break
+                raw = decoder.unused_data  # a member ended; the rest may be another member
+                decoder, fed = zlib.decompressobj(wbits=31), False
+        if fed and not decoder.eof:
+            yield b"", True
 
 
 def read_blocks(path: Path, block_bytes: int) -> Iterator[tuple[bytes, bool]]:
     """Blocks of whole lines; a last line without a newline gets one. Yields (block, truncated)
     where ``truncated`` marks the end of a gzip stream that broke off (the partial line dropped)."""
-    rest = b""
-    with _open(path) as f:
-        while True:
-            try:
-                data = f.read(block_bytes)
-            except (EOFError, zlib.error, gzip.BadGzipFile):
-                cut = rest.rfind(b"\n") + 1
-                if cut:
-                    yield rest[:cut], False
-                yield b"", True
-                return
-            if not data:
-                break
-            data = rest + data
-            cut = data.rfind(b"\n") + 1
+    pending: list[bytes] = []
+    size = 0
+    for data, truncated in _raw_chunks(path, min(READ_BYTES, block_bytes)):
+        if truncated:
+            rest = b"".join(pending)
+            cut = rest.rfind(b"\n") + 1
             if cut:
-                yield data[:cut], False
-            rest = data[cut:]
+                yield rest[:cut], False
+            yield b"", True
+            return
+        pending.append(data)
+        size += len(data)
+        if size >= block_bytes:
+            joined = b"".join(pending)
+            cut = joined.rfind(b"\n") + 1
+            if cut:
+                yield joined[:cut], False
+            pending, size = [joined[cut:]], len(joined) - cut
+    rest = b"".join(pending)
     if rest:
-        yield rest + b"\n", False
+        yield rest if rest.endswith(b"\n") else rest + b"\n", False
 
 
 # --- pass 1: stage ---------------------------------------------------------------------------

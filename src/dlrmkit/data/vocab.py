@@ -1,8 +1,9 @@
 """How a categorical value (int(hex, 16), empty -> 0) becomes a row index: three vocabularies.
 
 - ``hash``: index = value mod N; no dictionary; table size N.
-- ``reference``: the DLRM reference's dictionary: one per column over ALL rows of all days in
-  file order (test days included), values (mod N when a max index range is given) numbered by
+- ``reference``: the DLRM reference's dictionary: one per column over ALL kept rows of all days
+  in file order (test days included; train rows dropped by sub-sampling are not seen, as in the
+  reference), values (mod N when a max index range is given) numbered by
   first appearance; table size = dictionary length. MLPerf's published checkpoints expect it.
   It leaks test-day values into the vocabulary, which is why it is not the default.
 - ``frequency``: NVIDIA's: one dictionary per column from the training rows only, values seen at
