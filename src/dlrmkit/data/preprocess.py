@@ -23,7 +23,7 @@ import os
 import shutil
 import time
 import zlib
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -151,8 +151,8 @@ def stage_file(path: Path, stage: Path, cfg: PreprocessConfig, pool: ProcessPool
             elif block:
                 yield block
 
-    parsed = _ordered_map(pool, parse_block, texts(), window=2 * cfg.workers) if pool is not None \
-        else map(parse_block, texts())
+    parsed = _ordered_map(pool, parse_for_stage, texts(), window=2 * cfg.workers) if pool is not None \
+        else map(parse_for_stage, texts())
     for block in parsed:
         if block.bad:
             if cfg.on_bad_line == "error":
@@ -184,6 +184,14 @@ def stage_file(path: Path, stage: Path, cfg: PreprocessConfig, pool: ProcessPool
     return StageInfo(rows, lines, bad)
 
 
+def parse_for_stage(data: bytes) -> ParsedBlock:
+    """parse_block with the stage's compact dtypes (half the bytes to send back from a worker)."""
+    block = parse_block(data)
+    block.dense = block.dense.astype(STAGE_ARRAYS["dense"][0])
+    block.sparse = block.sparse.astype(STAGE_ARRAYS["sparse"][0])
+    return block
+
+
 def _ordered_map(pool: ProcessPoolExecutor, fn, items: Iterator, window: int) -> Iterator:
     """pool.map with at most ``window`` items in flight (Executor.map would read all input first)."""
     pending = []
@@ -197,8 +205,8 @@ def _ordered_map(pool: ProcessPoolExecutor, fn, items: Iterator, window: int) ->
 
 def _write_stage(files: dict, block: ParsedBlock) -> None:
     files["label"].write(block.label.tobytes())
-    files["dense"].write(block.dense.astype(np.int32).tobytes())
-    files["sparse"].write(block.sparse.astype(np.uint32).tobytes())
+    files["dense"].write(block.dense.astype(STAGE_ARRAYS["dense"][0], copy=False).tobytes())
+    files["sparse"].write(block.sparse.astype(STAGE_ARRAYS["sparse"][0], copy=False).tobytes())
 
 
 class StagedRows:
@@ -277,6 +285,7 @@ def preprocess(cfg: PreprocessConfig, out: str | os.PathLike, progress: bool = T
     train_lo, train_hi = ranges["train"]
 
     bar = Progress(sum(rows), "rows", "preprocess [2/2 build]", enabled=progress)
+    threads = ThreadPoolExecutor(cfg.workers)
     vocabs = None
     if cfg.vocab == "reference":  # indexed while the dictionary grows, in global row order
         vocabs = [FirstAppearance() for _ in range(NUM_SPARSE)]
@@ -285,8 +294,7 @@ def preprocess(cfg: PreprocessConfig, out: str | os.PathLike, progress: bool = T
         for lo, chunk in staged.chunks(train_lo, train_hi):
             keep = keep_mask(chunk["label"], np.arange(lo, lo + chunk["label"].size), cfg.sub_sample_rate, cfg.seed)
             values = _capped(chunk["sparse"][keep], cfg.max_index_range)
-            for j, c in enumerate(counters):
-                c.update(values[:, j])
+            list(threads.map(lambda j: counters[j].update(values[:, j]), range(NUM_SPARSE)))
         vocabs = [c.finish(cfg.frequency_threshold) for c in counters]
 
     writer = DatasetWriter(out, NUM_DENSE, NUM_SPARSE)
@@ -302,13 +310,14 @@ def preprocess(cfg: PreprocessConfig, out: str | os.PathLike, progress: bool = T
                 keep = keep_mask(label, np.arange(a, a + label.size), cfg.sub_sample_rate, cfg.seed)
                 dropped += int((~keep).sum())
                 label, dense, sparse = label[keep], dense[keep], sparse[keep]
-            index = _indices(sparse, cfg, vocabs).astype(np.int32)
+            index = _indices(sparse, cfg, vocabs, threads).astype(np.int32)
             if split == "train":
                 for j in range(NUM_SPARSE):
                     counts[j] = _add_counts(counts[j], index[:, j])
             writer.append(split, label, log1p_dense(dense), index)
             bar.update(chunk["label"].size)
     bar.close()
+    threads.shutdown()
     table_sizes = [cfg.max_index_range] * NUM_SPARSE if vocabs is None else [v.size() for v in vocabs]
     counts = [c[:t] for c, t in zip(counts, table_sizes)]
     _save_vocab(out, cfg, vocabs, counts)
@@ -347,13 +356,19 @@ def _capped(values: np.ndarray, max_index_range: int | None) -> np.ndarray:
     return values if max_index_range is None else values % max_index_range
 
 
-def _indices(sparse: np.ndarray, cfg: PreprocessConfig, vocabs) -> np.ndarray:
+def _indices(sparse: np.ndarray, cfg: PreprocessConfig, vocabs, threads: ThreadPoolExecutor) -> np.ndarray:
+    """Row indices of a chunk; the columns' vocabularies are independent, so they run on threads
+    (numpy's sorts and searches release the GIL)."""
     if vocabs is None:
         return hash_index(sparse, cfg.max_index_range)
     values = _capped(sparse, cfg.max_index_range)
     out = np.empty(values.shape, dtype=np.int64)
-    for j, v in enumerate(vocabs):
+
+    def column(j: int) -> None:
+        v = vocabs[j]
         out[:, j] = v.update(values[:, j]) if isinstance(v, FirstAppearance) else v.apply(values[:, j])
+
+    list(threads.map(column, range(values.shape[1])))
     return out
 
 
