@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import time
 import zlib
@@ -50,7 +51,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 READ_BYTES = 1 << 20
 
 
-def _raw_chunks(path: Path, piece: int = READ_BYTES) -> Iterator[tuple[bytes, bool]]:
+def _raw_chunks(path: Path, piece: int = READ_BYTES, on_read=None) -> Iterator[tuple[bytes, bool]]:
     """The file's bytes in pieces, gunzipped when it is gzip (several members allowed).
 
     Yields (data, truncated); the last piece of a gzip stream that breaks off comes with
@@ -60,11 +61,15 @@ def _raw_chunks(path: Path, piece: int = READ_BYTES) -> Iterator[tuple[bytes, bo
         if f.read(2) != GZIP_MAGIC:
             f.seek(0)
             while data := f.read(piece):
+                if on_read:
+                    on_read(len(data))
                 yield data, False
             return
         f.seek(0)
         decoder, fed = zlib.decompressobj(wbits=31), False
         while raw := f.read(piece):
+            if on_read:
+                on_read(len(raw))
             while raw:
                 try:
                     out = decoder.decompress(raw)
@@ -82,12 +87,12 @@ def _raw_chunks(path: Path, piece: int = READ_BYTES) -> Iterator[tuple[bytes, bo
             yield b"", True
 
 
-def read_blocks(path: Path, block_bytes: int) -> Iterator[tuple[bytes, bool]]:
+def read_blocks(path: Path, block_bytes: int, on_read=None) -> Iterator[tuple[bytes, bool]]:
     """Blocks of whole lines; a last line without a newline gets one. Yields (block, truncated)
     where ``truncated`` marks the end of a gzip stream that broke off (the partial line dropped)."""
     pending: list[bytes] = []
     size = 0
-    for data, truncated in _raw_chunks(path, min(READ_BYTES, block_bytes)):
+    for data, truncated in _raw_chunks(path, min(READ_BYTES, block_bytes), on_read):
         if truncated:
             rest = b"".join(pending)
             cut = rest.rfind(b"\n") + 1
@@ -134,14 +139,14 @@ def stage_file(path: Path, stage: Path, cfg: PreprocessConfig, pool: ProcessPool
     if done.is_file():
         info = json.loads(done.read_text())
         if info.get("version") == STAGE_VERSION and info.get("input") == identity:
-            bar.update(info["lines"])
+            bar.update(identity["bytes"])
             return StageInfo(info["rows"], info["lines"], info["bad"])
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
     files = {name: open(stage / f"{name}.part", "wb") for name in STAGE_ARRAYS}
     bad = {kind: 0 for kind in BAD_KINDS + ("truncated_gzip", "empty_file")}
     rows = lines = 0
-    blocks = read_blocks(path, cfg.block_bytes)
+    blocks = read_blocks(path, cfg.block_bytes, on_read=lambda n: bar.update(n))
     truncated = [False]
 
     def texts() -> Iterator[bytes]:
@@ -164,7 +169,6 @@ def stage_file(path: Path, stage: Path, cfg: PreprocessConfig, pool: ProcessPool
         _write_stage(files, block)
         rows += block.label.size
         lines += block.lines
-        bar.update(block.lines)
     if truncated[0]:
         if cfg.on_bad_line == "error":
             raise DatasetError(f"{path}: the gzip stream is truncated after line {lines} "
@@ -265,7 +269,7 @@ def preprocess(cfg: PreprocessConfig, out: str | os.PathLike, progress: bool = T
     (out / "metadata.json").unlink(missing_ok=True)
     t0 = time.perf_counter()
     total_bytes = sum(p.stat().st_size for p in inputs)
-    bar = Progress(None, "lines", "preprocess [1/2 parse]", enabled=progress)
+    bar = Progress(total_bytes, "input bytes", "preprocess [1/2 parse]", enabled=progress)
     stages = [_stage_dir(out, k) for k in range(len(inputs))]
     pool = ProcessPoolExecutor(cfg.workers) if cfg.workers > 1 else None
     try:
@@ -342,8 +346,10 @@ def preprocess(cfg: PreprocessConfig, out: str | os.PathLike, progress: bool = T
         "bad_lines": bad_total,
         "sub_sampled_out": dropped,
     }
+    peak_mb = {"main": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               "workers": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
     meta = writer.finish(tuple(table_sizes), source, {
-        "preprocess": {"seconds": seconds, "parse_seconds": parse_seconds,
+        "preprocess": {"seconds": seconds, "parse_seconds": parse_seconds, "peak_rss_mb": peak_mb,
                        "rows_per_s": sum(rows) / seconds, "input_bytes": total_bytes},
     })
     if not cfg.keep_stage:
