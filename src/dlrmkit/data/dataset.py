@@ -10,6 +10,10 @@ A dataset is a directory::
 All arrays are little-endian, C order, with no header: ``metadata.json`` carries every shape and
 dtype, so a split is a few ``np.memmap`` calls. ``metadata.json`` is written last, atomically; a
 directory without it is not a dataset (an interrupted write never looks complete).
+
+Beside it, ``feature_spec.yaml`` describes the same files in NVIDIA's Dataset Feature Specification
+(`dlrmkit.data.feature_spec`). `Dataset` also opens any dataset such a spec describes: a directory
+with ``feature_spec.yaml`` and no ``metadata.json``, or the path of a ``.yaml`` file.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dlrmkit.data import feature_spec as fspec
 from dlrmkit.errors import DatasetError
 
 FORMAT_NAME = "dlrmkit-dataset"
@@ -67,11 +72,31 @@ def write_json_atomic(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def _spec_path(path: Path) -> Path | None:
+    """The feature spec to open ``path`` by, or None to open it as a dlrmkit dataset (metadata.json
+    wins where both exist: it is the complete description, and keeps every old error message)."""
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    if path.is_dir() and not (path / METADATA_FILE).exists() and (path / fspec.SPEC_FILE).is_file():
+        return path / fspec.SPEC_FILE
+    return None
+
+
 class Dataset:
-    """A dataset directory opened for reading; arrays are memory-mapped on demand."""
+    """A dataset opened for reading; arrays are memory-mapped on demand.
+
+    ``path`` is a dlrmkit dataset directory, or a feature spec (a directory holding
+    ``feature_spec.yaml`` but no ``metadata.json``, or a ``.yaml`` file). A spec's splits are
+    memory-mapped where their files are laid out as dlrmkit's, and assembled in memory otherwise.
+    """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self._spec: fspec.FeatureSpec | None = None
+        spec_path = _spec_path(self.path)
+        if spec_path is not None:
+            self._open_spec(spec_path)
+            return
         meta_path = self.path / METADATA_FILE
         if not self.path.is_dir():
             raise DatasetError(f"{self.path}: no such dataset directory")
@@ -94,6 +119,22 @@ class Dataset:
         if len(self.table_sizes) != self.num_sparse:
             raise DatasetError(f"{meta_path}: {len(self.table_sizes)} table sizes for {self.num_sparse} sparse features")
 
+    def _open_spec(self, spec_path: Path) -> None:
+        spec = fspec.read_feature_spec(spec_path)
+        self._spec = spec
+        self.num_dense = len(spec.numerical)
+        self.num_sparse = len(spec.categorical)
+        self.table_sizes = spec.table_sizes
+        self.metadata = {
+            "format": fspec.SPEC_FORMAT,
+            "feature_spec": str(spec_path),
+            "num_dense": self.num_dense,
+            "num_sparse": self.num_sparse,
+            "table_sizes": list(spec.table_sizes),
+            "splits": {name: {"rows": rows} for name, rows in spec.rows.items()},
+            "source": {"kind": "feature_spec", "path": str(spec_path), "metadata": spec.metadata},
+        }
+
     @property
     def splits(self) -> dict[str, int]:
         return {name: int(s["rows"]) for name, s in self.metadata["splits"].items()}
@@ -101,6 +142,8 @@ class Dataset:
     def split(self, name: str) -> SplitArrays:
         if name not in self.metadata["splits"]:
             raise DatasetError(f"{self.path}: no split {name!r}; it has {sorted(self.metadata['splits'])}")
+        if self._spec is not None:
+            return SplitArrays(*fspec.load_split(self._spec, name))
         rows = int(self.metadata["splits"][name]["rows"])
         arrays = {}
         for array, dtype in ARRAYS.items():
@@ -117,11 +160,17 @@ class Dataset:
         return SplitArrays(**arrays)
 
 
+def mark_incomplete(path: Path) -> None:
+    """Remove what makes a directory open as a dataset, before rewriting it."""
+    (path / METADATA_FILE).unlink(missing_ok=True)
+    (path / fspec.SPEC_FILE).unlink(missing_ok=True)
+
+
 class DatasetWriter:
     """Writes a dataset split by split, in order, by appending row blocks.
 
-    Any earlier ``metadata.json`` is removed first, so a crash midway leaves a directory that
-    `Dataset` refuses; `finish` writes the metadata last.
+    Any earlier ``metadata.json`` and ``feature_spec.yaml`` are removed first, so a crash midway
+    leaves a directory that `Dataset` refuses; `finish` writes them last.
     """
 
     def __init__(self, path: str | os.PathLike, num_dense: int, num_sparse: int):
@@ -129,7 +178,7 @@ class DatasetWriter:
         self.num_dense = num_dense
         self.num_sparse = num_sparse
         self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / METADATA_FILE).unlink(missing_ok=True)
+        mark_incomplete(self.path)
         self._files: dict[str, dict[str, object]] = {}
         self._rows: dict[str, int] = {}
 
@@ -180,4 +229,5 @@ class DatasetWriter:
         if extra:
             meta.update(extra)
         write_json_atomic(self.path / METADATA_FILE, meta)
+        fspec.write_feature_spec(self.path, meta)
         return meta

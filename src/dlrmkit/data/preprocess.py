@@ -33,7 +33,7 @@ import numpy as np
 
 from dlrmkit.config import NUM_DENSE, NUM_SPARSE, PreprocessConfig
 from dlrmkit.data.criteo_text import BAD_KINDS, ParsedBlock, parse_block
-from dlrmkit.data.dataset import DatasetWriter, write_json_atomic
+from dlrmkit.data.dataset import DatasetWriter, mark_incomplete, write_json_atomic
 from dlrmkit.data.splits import KAGGLE_DAYS, day_sizes, split_ranges
 from dlrmkit.data.transforms import log1p_dense
 from dlrmkit.data.vocab import FirstAppearance, FrequencyCounter, hash_index
@@ -266,7 +266,7 @@ def preprocess(cfg: PreprocessConfig, out: str | os.PathLike, progress: bool = T
         if not p.is_file():
             raise DatasetError(f"{p}: no such input file")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metadata.json").unlink(missing_ok=True)
+    mark_incomplete(out)  # the old dataset must not look complete while this run stages
     t0 = time.perf_counter()
     total_bytes = sum(p.stat().st_size for p in inputs)
     bar = Progress(total_bytes, "input bytes", "preprocess [1/2 parse]", enabled=progress)
