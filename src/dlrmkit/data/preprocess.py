@@ -316,8 +316,7 @@ def preprocess(cfg: PreprocessConfig, out: str | os.PathLike, progress: bool = T
                 label, dense, sparse = label[keep], dense[keep], sparse[keep]
             index = _indices(sparse, cfg, vocabs, threads).astype(np.int32)
             if split == "train":
-                for j in range(NUM_SPARSE):
-                    counts[j] = _add_counts(counts[j], index[:, j])
+                counts = list(threads.map(lambda j: _add_counts(counts[j], index[:, j]), range(NUM_SPARSE)))
             writer.append(split, label, log1p_dense(dense), index)
             bar.update(chunk["label"].size)
     bar.close()
