@@ -1,0 +1,100 @@
+/* A compiled fast path for dlrmkit.data.criteo_text.parse_block: one pass over a block of
+ * Criteo lines, writing label / dense / sparse arrays for good lines and the index of every bad
+ * line. The rules are exactly the numpy parser's (which also produces the bad lines' messages):
+ * 40 tab-separated fields; label "0" or "1"; dense: empty (0) or an optional '-' and 1..10
+ * decimal digits within int32; categorical: empty (0) or 1..8 hex digits; a CR right before the
+ * newline is dropped. Built as a Python extension module only so pip compiles it; Python calls
+ * the plain C function through ctypes. */
+#include <Python.h>
+#include <stdint.h>
+
+#define NUM_FIELDS 40
+#define NUM_DENSE 13
+#define NUM_SPARSE 26
+
+static const int8_t *hex_table(void) {
+    static int8_t t[256];
+    static int ready = 0;
+    if (!ready) {
+        for (int i = 0; i < 256; i++) t[i] = -1;
+        for (int i = 0; i < 10; i++) t['0' + i] = (int8_t)i;
+        for (int i = 0; i < 6; i++) { t['a' + i] = (int8_t)(10 + i); t['A' + i] = (int8_t)(10 + i); }
+        ready = 1;
+    }
+    return t;
+}
+
+/* Parses one line [p, end) (no newline, CR already dropped); returns 1 if good. */
+static int parse_line(const uint8_t *p, const uint8_t *end, uint8_t *label, int32_t *dense, uint32_t *sparse) {
+    const int8_t *hex = hex_table();
+    const uint8_t *f = p;
+    for (int field = 0; field < NUM_FIELDS; field++) {
+        const uint8_t *e = f;
+        while (e < end && *e != '\t') e++;
+        if ((e == end) != (field == NUM_FIELDS - 1)) return 0; /* too few or too many fields */
+        int64_t n = e - f;
+        if (field == 0) {
+            if (n != 1 || (f[0] != '0' && f[0] != '1')) return 0;
+            *label = (uint8_t)(f[0] - '0');
+        } else if (field <= NUM_DENSE) {
+            int neg = n > 0 && f[0] == '-';
+            int64_t digits = n - neg;
+            if (neg && digits == 0) return 0;
+            if (digits > 10) return 0;
+            int64_t v = 0;
+            for (const uint8_t *c = f + neg; c < e; c++) {
+                if (*c < '0' || *c > '9') return 0;
+                v = v * 10 + (*c - '0');
+            }
+            if (neg) v = -v;
+            if (v > INT32_MAX || v < INT32_MIN) return 0;
+            dense[field - 1] = (int32_t)v;
+        } else {
+            if (n > 8) return 0;
+            uint32_t v = 0;
+            for (const uint8_t *c = f; c < e; c++) {
+                int8_t d = hex[*c];
+                if (d < 0) return 0;
+                v = (v << 4) | (uint32_t)d;
+            }
+            sparse[field - 1 - NUM_DENSE] = v;
+        }
+        f = e + 1;
+    }
+    return 1;
+}
+
+/* Returns the number of good rows; *lines gets the number of lines, *n_bad the bad ones (their
+ * 0-based line numbers in bad[], at most max_bad recorded). The block must end with '\n'. */
+int64_t dlrmkit_parse_block(const uint8_t *buf, int64_t len, uint8_t *label, int32_t *dense, uint32_t *sparse,
+                            int64_t *rows, int64_t *lines, int64_t *bad, int64_t max_bad, int64_t *n_bad) {
+    int64_t good = 0, line = 0, nb = 0;
+    const uint8_t *p = buf, *stop = buf + len;
+    while (p < stop) {
+        const uint8_t *nl = memchr(p, '\n', (size_t)(stop - p));
+        if (nl == NULL) break;
+        const uint8_t *end = nl;
+        if (end > p && end[-1] == '\r') end--;
+        if (parse_line(p, end, label + good, dense + good * NUM_DENSE, sparse + good * NUM_SPARSE)) {
+            rows[good++] = line;
+        } else {
+            if (nb < max_bad) bad[nb] = line;
+            nb++;
+        }
+        line++;
+        p = nl + 1;
+    }
+    *lines = line;
+    *n_bad = nb;
+    return good;
+}
+
+/* counts[index[r * stride]] += 1 for r < n: one column of a row-major int32 index matrix. The
+ * caller guarantees every index is in [0, size of counts). */
+void dlrmkit_add_counts(int64_t *counts, const int32_t *index, int64_t n, int64_t stride) {
+    for (int64_t r = 0; r < n; r++) counts[index[r * stride]]++;
+}
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_criteo_parse", "C fast path (see criteo_parse.c)", -1, NULL};
+
+PyMODINIT_FUNC PyInit__criteo_parse(void) { return PyModule_Create(&module); }
