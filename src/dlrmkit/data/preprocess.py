@@ -190,10 +190,7 @@ def stage_file(path: Path, stage: Path, cfg: PreprocessConfig, pool: ProcessPool
 
 def parse_for_stage(data: bytes) -> ParsedBlock:
     """parse_block with the stage's compact dtypes (half the bytes to send back from a worker)."""
-    block = parse_block(data)
-    block.dense = block.dense.astype(STAGE_ARRAYS["dense"][0])
-    block.sparse = block.sparse.astype(STAGE_ARRAYS["sparse"][0])
-    return block
+    return parse_block(data, compact=True)
 
 
 def _ordered_map(pool: ProcessPoolExecutor, fn, items: Iterator, window: int) -> Iterator:
