@@ -400,11 +400,11 @@ def test_stage_is_reused_and_redone_when_incomplete(tmp_path, monkeypatch):
     calls = []
     real_parse = pp.parse_block
 
-    def counting_parse(data):
+    def counting_parse(data, **kwargs):
         calls.append(len(data))
-        return real_parse(data)
+        return real_parse(data, **kwargs)
 
-    def failing_parse(data):
+    def failing_parse(data, **kwargs):
         raise AssertionError("parse_block called: the stage was not reused")
 
     # rerun unchanged: nothing is parsed again, stage files untouched, same output
