@@ -129,7 +129,7 @@ def _add_preprocess(sub) -> None:
     p.add_argument("--input", nargs="+", required=True,
                    help="kaggle: train.txt; terabyte: day_0 .. day_23 in order (the last is cut into test/val)")
     p.add_argument("--out", required=True)
-    p.add_argument("--vocab", choices=("hash", "frequency", "reference"), default="reference",
+    p.add_argument("--vocab", choices=("hash", "frequency", "reference"), default="frequency",
                    help="hash: value mod N; frequency: NVIDIA's (train rows, by count); "
                         "reference: the DLRM reference's (first appearance over all rows)")
     p.add_argument("--max-ind-range", type=_positive_int, help="values mod N (the table size for hash)")
