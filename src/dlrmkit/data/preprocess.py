@@ -18,6 +18,7 @@ take about 540 MB).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import resource
@@ -42,7 +43,15 @@ from dlrmkit.progress import Progress
 
 CHUNK_ROWS = 1 << 20
 STAGE_VERSION = 1
-STAGE_ARRAYS = {"label": (np.uint8, ()), "dense": (np.int32, (NUM_DENSE,)), "sparse": (np.uint32, (NUM_SPARSE,))}
+# What pass 1 stages: raw values, or for hash (no vocabulary needed) the final index and log values,
+# computed on the parse workers so pass 2 only cuts, counts and writes.
+RAW_STAGE = {"label": (np.uint8, ()), "dense": (np.int32, (NUM_DENSE,)), "sparse": (np.uint32, (NUM_SPARSE,))}
+HASHED_STAGE = {"label": (np.uint8, ()), "dense": (np.float32, (NUM_DENSE,)), "sparse": (np.int32, (NUM_SPARSE,))}
+
+
+def stage_layout(cfg: PreprocessConfig) -> tuple[str, dict]:
+    """(a name recorded in done.json, the staged arrays) for a config."""
+    return (f"hash:{cfg.max_index_range}", HASHED_STAGE) if cfg.vocab == "hash" else ("raw", RAW_STAGE)
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -136,14 +145,15 @@ def stage_file(path: Path, stage: Path, cfg: PreprocessConfig, pool: ProcessPool
     """Parse one input file into ``stage``; raises DatasetError on the first bad line under 'error'."""
     done = stage / "done.json"
     identity = _input_identity(path)
+    layout, arrays = stage_layout(cfg)
     if done.is_file():
         info = json.loads(done.read_text())
-        if info.get("version") == STAGE_VERSION and info.get("input") == identity:
+        if info.get("version") == STAGE_VERSION and info.get("input") == identity and info.get("layout") == layout:
             bar.update(identity["bytes"])
             return StageInfo(info["rows"], info["lines"], info["bad"])
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
-    files = {name: open(stage / f"{name}.part", "wb") for name in STAGE_ARRAYS}
+    files = {name: open(stage / f"{name}.part", "wb") for name in arrays}
     bad = {kind: 0 for kind in BAD_KINDS + ("truncated_gzip", "empty_file")}
     rows = lines = 0
     blocks = read_blocks(path, cfg.block_bytes, on_read=lambda n: bar.update(n))
@@ -156,8 +166,8 @@ def stage_file(path: Path, stage: Path, cfg: PreprocessConfig, pool: ProcessPool
             elif block:
                 yield block
 
-    parsed = _ordered_map(pool, parse_for_stage, texts(), window=2 * cfg.workers) if pool is not None \
-        else map(parse_for_stage, texts())
+    parse = functools.partial(parse_for_stage, hash_range=cfg.max_index_range if cfg.vocab == "hash" else None)
+    parsed = _ordered_map(pool, parse, texts(), window=2 * cfg.workers) if pool is not None else map(parse, texts())
     for block in parsed:
         if block.bad:
             if cfg.on_bad_line == "error":
@@ -166,7 +176,7 @@ def stage_file(path: Path, stage: Path, cfg: PreprocessConfig, pool: ProcessPool
                                    f"(use --on-bad-line skip to skip such lines)")
             for b in block.bad:
                 bad[b.kind] += 1
-        _write_stage(files, block)
+        _write_stage(files, block, arrays)
         rows += block.label.size
         lines += block.lines
     if truncated[0]:
@@ -183,14 +193,19 @@ def stage_file(path: Path, stage: Path, cfg: PreprocessConfig, pool: ProcessPool
         os.fsync(f.fileno())
         f.close()
         os.replace(stage / f"{name}.part", stage / f"{name}.bin")
-    info = {"version": STAGE_VERSION, "input": identity, "rows": rows, "lines": lines, "bad": bad}
+    info = {"version": STAGE_VERSION, "input": identity, "layout": layout, "rows": rows, "lines": lines, "bad": bad}
     write_json_atomic(done, info)
     return StageInfo(rows, lines, bad)
 
 
-def parse_for_stage(data: bytes) -> ParsedBlock:
-    """parse_block with the stage's compact dtypes (half the bytes to send back from a worker)."""
-    return parse_block(data, compact=True)
+def parse_for_stage(data: bytes, hash_range: int | None = None) -> ParsedBlock:
+    """parse_block with the stage's compact dtypes (half the bytes to send back from a worker);
+    with ``hash_range`` also the final hash index and log values (HASHED_STAGE)."""
+    block = parse_block(data, compact=True)
+    if hash_range is not None:
+        block.dense = log1p_dense(block.dense)
+        block.sparse = hash_index(block.sparse, hash_range).astype(np.int32)
+    return block
 
 
 def _ordered_map(pool: ProcessPoolExecutor, fn, items: Iterator, window: int) -> Iterator:
@@ -204,31 +219,31 @@ def _ordered_map(pool: ProcessPoolExecutor, fn, items: Iterator, window: int) ->
         yield pending.pop(0).result()
 
 
-def _write_stage(files: dict, block: ParsedBlock) -> None:
-    files["label"].write(block.label.tobytes())
-    files["dense"].write(block.dense.astype(STAGE_ARRAYS["dense"][0], copy=False).tobytes())
-    files["sparse"].write(block.sparse.astype(STAGE_ARRAYS["sparse"][0], copy=False).tobytes())
+def _write_stage(files: dict, block: ParsedBlock, arrays: dict) -> None:
+    for name in arrays:
+        files[name].write(getattr(block, name).astype(arrays[name][0], copy=False).tobytes())
 
 
 class StagedRows:
     """All staged rows of all inputs as one sequence, read in chunks by global row range."""
 
-    def __init__(self, stages: list[Path], rows: list[int]):
+    def __init__(self, stages: list[Path], rows: list[int], layout: dict):
+        self.layout = layout
         self.arrays = []
         for stage, n in zip(stages, rows):
             self.arrays.append({name: np.memmap(stage / f"{name}.bin", dtype=dtype, mode="r", shape=(n,) + shape)
                                 if n else np.empty((0,) + shape, dtype=dtype)
-                                for name, (dtype, shape) in STAGE_ARRAYS.items()})
+                                for name, (dtype, shape) in layout.items()})
         self.starts = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
 
     def read(self, lo: int, hi: int) -> dict[str, np.ndarray]:
-        parts: dict[str, list[np.ndarray]] = {name: [] for name in STAGE_ARRAYS}
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in self.layout}
         for k, arrays in enumerate(self.arrays):
             a, b = max(lo, self.starts[k]), min(hi, self.starts[k + 1])
             if a < b:
-                for name in STAGE_ARRAYS:
+                for name in self.layout:
                     parts[name].append(np.asarray(arrays[name][a - self.starts[k]:b - self.starts[k]]))
-        return {name: np.concatenate(p) if p else np.empty((0,) + STAGE_ARRAYS[name][1], STAGE_ARRAYS[name][0])
+        return {name: np.concatenate(p) if p else np.empty((0,) + self.layout[name][1], self.layout[name][0])
                 for name, p in parts.items()}
 
     def chunks(self, lo: int, hi: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
@@ -282,7 +297,7 @@ def preprocess(cfg: PreprocessConfig, out: str | os.PathLike, progress: bool = T
     if sum(rows) < len(days) or days[-1] < 1:
         raise DatasetError(f"{inputs[-1]}: too few rows ({sum(rows)}) to cut into {len(days)} days")
     ranges = split_ranges(days)
-    staged = StagedRows(stages, rows)
+    staged = StagedRows(stages, rows, stage_layout(cfg)[1])
     train_lo, train_hi = ranges["train"]
 
     bar = Progress(sum(rows), "rows", "preprocess [2/2 build]", enabled=progress)
@@ -311,10 +326,13 @@ def preprocess(cfg: PreprocessConfig, out: str | os.PathLike, progress: bool = T
                 keep = keep_mask(label, np.arange(a, a + label.size), cfg.sub_sample_rate, cfg.seed)
                 dropped += int((~keep).sum())
                 label, dense, sparse = label[keep], dense[keep], sparse[keep]
-            index = _indices(sparse, cfg, vocabs, threads).astype(np.int32)
+            if cfg.vocab == "hash":  # indexed and log-transformed in pass 1
+                index, dense = sparse, dense
+            else:
+                index, dense = _indices(sparse, cfg, vocabs, threads).astype(np.int32), log1p_dense(dense)
             if split == "train":
                 counts = list(threads.map(lambda j: _add_counts(counts[j], index[:, j]), range(NUM_SPARSE)))
-            writer.append(split, label, log1p_dense(dense), index)
+            writer.append(split, label, dense, index)
             bar.update(chunk["label"].size)
     bar.close()
     threads.shutdown()
