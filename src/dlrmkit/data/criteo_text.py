@@ -12,12 +12,12 @@ Pure functions of bytes: no files, so a Spark engine can run the same code on it
 from __future__ import annotations
 
 import ctypes
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from dlrmkit.config import NUM_DENSE, NUM_SPARSE
+from dlrmkit.data.native import library
 
 NUM_FIELDS = 1 + NUM_DENSE + NUM_SPARSE
 DENSE_FIRST, SPARSE_FIRST = 1, 1 + NUM_DENSE
@@ -98,32 +98,8 @@ def _digits_value(buf: np.ndarray, end: np.ndarray, length: np.ndarray, table: n
     return _swar_combine(digits, base).astype(np.int64), invalid
 
 
-_NATIVE: dict = {}  # the compiled library, resolved on first use
-
-
-def native_library():
-    """The compiled helpers (dlrmkit/data/_native/criteo_parse.c) through ctypes, or None when they
-    were not built or DLRMKIT_PARSER=numpy asks for the numpy code."""
-    if "lib" not in _NATIVE:
-        lib = None
-        if os.environ.get("DLRMKIT_PARSER", "native") != "numpy":
-            try:
-                from dlrmkit.data._native import _criteo_parse
-
-                lib = ctypes.CDLL(_criteo_parse.__file__)
-                ptr, i64 = ctypes.c_void_p, ctypes.c_int64
-                lib.dlrmkit_parse_block.restype = i64
-                lib.dlrmkit_parse_block.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr, i64, ptr]
-                lib.dlrmkit_add_counts.restype = None
-                lib.dlrmkit_add_counts.argtypes = [ptr, ptr, i64, i64]
-            except (ImportError, OSError, AttributeError):
-                lib = None
-        _NATIVE["lib"] = lib
-    return _NATIVE["lib"]
-
-
 def _native_parser():
-    lib = native_library()
+    lib = library()
     return None if lib is None else lib.dlrmkit_parse_block
 
 

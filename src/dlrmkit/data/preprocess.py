@@ -33,11 +33,12 @@ from typing import Iterator
 import numpy as np
 
 from dlrmkit.config import NUM_DENSE, NUM_SPARSE, PreprocessConfig
-from dlrmkit.data.criteo_text import BAD_KINDS, ParsedBlock, native_library, parse_block
+from dlrmkit.data.criteo_text import BAD_KINDS, ParsedBlock, parse_block
+from dlrmkit.data.native import library
 from dlrmkit.data.dataset import DatasetWriter, mark_incomplete, write_json_atomic
 from dlrmkit.data.splits import KAGGLE_DAYS, day_sizes, split_ranges
 from dlrmkit.data.transforms import log1p_dense
-from dlrmkit.data.vocab import FirstAppearance, FrequencyCounter, hash_index
+from dlrmkit.data.vocab import FirstAppearance, FrequencyCounter, hash_index, mod_u32
 from dlrmkit.errors import DatasetError
 from dlrmkit.progress import Progress
 
@@ -372,8 +373,9 @@ def preprocess(cfg: PreprocessConfig, out: str | os.PathLike, progress: bool = T
 
 
 def _capped(values: np.ndarray, max_index_range: int | None) -> np.ndarray:
-    values = values.astype(np.int64)
-    return values if max_index_range is None else values % max_index_range
+    """Categorical values (uint32), mod N when a max index range is given."""
+    values = values.astype(np.uint32, copy=False)
+    return values if max_index_range is None else mod_u32(values, max_index_range)
 
 
 def _indices(sparse: np.ndarray, cfg: PreprocessConfig, vocabs, threads: ThreadPoolExecutor) -> np.ndarray:
@@ -399,7 +401,7 @@ def _add_counts(counts: np.ndarray, index: np.ndarray) -> np.ndarray:
     top = int(index.max()) + 1
     if top > counts.size:
         counts = np.pad(counts, (0, max(top, 2 * counts.size) - counts.size))
-    lib = native_library()
+    lib = library()
     if lib is not None:  # a plain loop in C: ~1 ns an index, whatever the table size
         lib.dlrmkit_add_counts(counts.ctypes.data, index.ctypes.data, index.shape[0], index.strides[0] // 4)
     elif top <= 4 * index.size:  # dense enough for bincount

@@ -7,6 +7,8 @@
  * the plain C function through ctypes. */
 #include <Python.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #define NUM_FIELDS 40
 #define NUM_DENSE 13
@@ -93,6 +95,127 @@ int64_t dlrmkit_parse_block(const uint8_t *buf, int64_t len, uint8_t *label, int
  * caller guarantees every index is in [0, size of counts). */
 void dlrmkit_add_counts(int64_t *counts, const int32_t *index, int64_t n, int64_t stride) {
     for (int64_t r = 0; r < n; r++) counts[index[r * stride]]++;
+}
+
+/* A hash map from uint32 values to int64 (open addressing, linear probing, Fibonacci hashing),
+ * for the vocabularies: counts (frequency), first-appearance numbers (reference), lookups. */
+typedef struct {
+    uint32_t *keys;
+    int64_t *vals;
+    uint8_t *used;
+    int64_t cap, size;
+    int shift;
+} Map;
+
+static int64_t slot_of(const Map *m, uint32_t key) {
+    uint64_t h = ((uint64_t)key * 0x9E3779B97F4A7C15ull) >> m->shift;
+    while (m->used[h] && m->keys[h] != key) h = (h + 1) & (uint64_t)(m->cap - 1);
+    return (int64_t)h;
+}
+
+static int map_init(Map *m, int64_t cap) {
+    int bits = 4;
+    while ((1ll << bits) < cap) bits++;
+    m->cap = 1ll << bits;
+    m->shift = 64 - bits;
+    m->size = 0;
+    m->keys = malloc((size_t)m->cap * sizeof(uint32_t));
+    m->vals = malloc((size_t)m->cap * sizeof(int64_t));
+    m->used = calloc((size_t)m->cap, 1);
+    return m->keys && m->vals && m->used;
+}
+
+static int grow(Map *m) {
+    Map bigger;
+    if (!map_init(&bigger, m->cap * 2)) return 0;
+    for (int64_t i = 0; i < m->cap; i++) {
+        if (!m->used[i]) continue;
+        int64_t h = slot_of(&bigger, m->keys[i]);
+        bigger.used[h] = 1;
+        bigger.keys[h] = m->keys[i];
+        bigger.vals[h] = m->vals[i];
+    }
+    bigger.size = m->size;
+    free(m->keys); free(m->vals); free(m->used);
+    *m = bigger;
+    return 1;
+}
+
+/* The slot of key, inserted with value `fresh` when absent; -1 when out of memory. */
+static int64_t find_or_insert(Map *m, uint32_t key, int64_t fresh) {
+    if (2 * (m->size + 1) > m->cap && !grow(m)) return -1;
+    int64_t h = slot_of(m, key);
+    if (!m->used[h]) {
+        m->used[h] = 1;
+        m->keys[h] = key;
+        m->vals[h] = fresh;
+        m->size++;
+    }
+    return h;
+}
+
+void *dlrmkit_map_new(int64_t cap) {
+    Map *m = malloc(sizeof(Map));
+    if (m && !map_init(m, cap < 16 ? 16 : 2 * cap)) { free(m); return NULL; }
+    return m;
+}
+
+void dlrmkit_map_free(void *p) {
+    Map *m = p;
+    if (!m) return;
+    free(m->keys); free(m->vals); free(m->used); free(m);
+}
+
+int64_t dlrmkit_map_size(void *p) { return ((Map *)p)->size; }
+
+/* vals[key] += 1 for each value (a column of n values, `stride` elements apart). 0 on failure. */
+int dlrmkit_map_count(void *p, const uint32_t *col, int64_t n, int64_t stride) {
+    Map *m = p;
+    for (int64_t r = 0; r < n; r++) {
+        int64_t h = find_or_insert(m, col[r * stride], 0);
+        if (h < 0) return 0;
+        m->vals[h]++;
+    }
+    return 1;
+}
+
+/* out[r] = the value's number in order of first appearance (new values get the next number). */
+int dlrmkit_map_first(void *p, const uint32_t *col, int64_t n, int64_t stride, int32_t *out, int64_t out_stride) {
+    Map *m = p;
+    for (int64_t r = 0; r < n; r++) {
+        int64_t h = find_or_insert(m, col[r * stride], m->size);
+        if (h < 0) return 0;
+        out[r * out_stride] = (int32_t)m->vals[h];
+    }
+    return 1;
+}
+
+/* out[r] = the value's number, or `missing` when absent. */
+void dlrmkit_map_lookup(void *p, const uint32_t *col, int64_t n, int64_t stride, int64_t missing,
+                        int32_t *out, int64_t out_stride) {
+    Map *m = p;
+    for (int64_t r = 0; r < n; r++) {
+        int64_t h = slot_of(m, col[r * stride]);
+        out[r * out_stride] = (int32_t)(m->used[h] ? m->vals[h] : missing);
+    }
+}
+
+/* keys[i], vals[i] for every entry (in slot order). */
+void dlrmkit_map_items(void *p, uint32_t *keys, int64_t *vals) {
+    Map *m = p;
+    int64_t k = 0;
+    for (int64_t i = 0; i < m->cap; i++)
+        if (m->used[i]) { keys[k] = m->keys[i]; vals[k] = m->vals[i]; k++; }
+}
+
+/* Insert n (key, value) pairs (keys distinct, absent). 0 on failure. */
+int dlrmkit_map_insert(void *p, const uint32_t *keys, const int64_t *vals, int64_t n) {
+    Map *m = p;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t h = find_or_insert(m, keys[i], vals[i]);
+        if (h < 0) return 0;
+    }
+    return 1;
 }
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_criteo_parse", "C fast path (see criteo_parse.c)", -1, NULL};
