@@ -419,10 +419,14 @@ def _save_vocab(out: Path, cfg: PreprocessConfig, vocabs, counts: list[np.ndarra
     for sub in ("vocab", "counts"):
         shutil.rmtree(out / sub, ignore_errors=True)
         (out / sub).mkdir()
-    for j in range(NUM_SPARSE):
-        seen = np.flatnonzero(counts[j])
+
+    def save(j: int) -> None:
+        seen = np.flatnonzero(counts[j] != 0)  # a bool scan: 2x faster than on the int64 counts
         np.savez(out / "counts" / f"C{j + 1}.npz", index=seen, count=counts[j][seen])
         if isinstance(vocabs, list) and isinstance(vocabs[j], FirstAppearance):
             np.save(out / "vocab" / f"C{j + 1}.npy", vocabs[j].values_in_index_order())
         elif vocabs is not None:
             np.save(out / "vocab" / f"C{j + 1}.npy", vocabs[j].values_by_index)
+
+    with ThreadPoolExecutor(cfg.workers) as threads:
+        list(threads.map(save, range(NUM_SPARSE)))
