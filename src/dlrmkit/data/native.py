@@ -46,9 +46,23 @@ def library():
     return _LIB["lib"]
 
 
-def _u32(column: np.ndarray) -> np.ndarray:
-    """Values as contiguous uint32 (categorical values are below 2^32: at most 8 hex digits)."""
-    return np.ascontiguousarray(column, dtype=np.uint32)
+def _u32(column: np.ndarray) -> tuple[np.ndarray, int]:
+    """(uint32 values, stride in elements): a strided uint32 column (one column of a row-major
+    matrix) is passed as it is; anything else is copied (categorical values are below 2^32)."""
+    if column.dtype == np.uint32 and column.ndim == 1 and column.strides[0] % 4 == 0 and column.strides[0] > 0:
+        return column, column.strides[0] // 4
+    return np.ascontiguousarray(column, dtype=np.uint32), 1
+
+
+def _i32_out(n: int, out: np.ndarray | None) -> tuple[np.ndarray, int]:
+    """An int32 output column (given, possibly strided, or new) and its stride in elements."""
+    if out is None:
+        out = np.empty(n, dtype=np.int32)
+    if n == 0:  # an empty array's stride is arbitrary (numpy may report 0)
+        return out, 1
+    if out.dtype != np.int32 or out.shape != (n,) or out.strides[0] % 4 or out.strides[0] <= 0:
+        raise ValueError(f"output must be an int32 column of {n} values")
+    return out, out.strides[0] // 4
 
 
 class NativeMap:
@@ -74,21 +88,23 @@ class NativeMap:
         return int(self.lib.dlrmkit_map_size(self.handle))
 
     def count(self, column: np.ndarray) -> None:
-        v = _u32(column)
-        if not self.lib.dlrmkit_map_count(self.handle, v.ctypes.data, v.size, 1):
+        v, stride = _u32(column)
+        if not self.lib.dlrmkit_map_count(self.handle, v.ctypes.data, v.size, stride):
             raise MemoryError("out of memory growing a vocabulary map")
 
-    def first(self, column: np.ndarray) -> np.ndarray:
-        v = _u32(column)
-        out = np.empty(v.size, dtype=np.int32)
-        if not self.lib.dlrmkit_map_first(self.handle, v.ctypes.data, v.size, 1, out.ctypes.data, 1):
+    def first(self, column: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Each value's number in order of first appearance (into ``out`` when given)."""
+        v, stride = _u32(column)
+        out, out_stride = _i32_out(v.size, out)
+        if not self.lib.dlrmkit_map_first(self.handle, v.ctypes.data, v.size, stride, out.ctypes.data, out_stride):
             raise MemoryError("out of memory growing a vocabulary map")
         return out
 
-    def lookup(self, column: np.ndarray, missing: int) -> np.ndarray:
-        v = _u32(column)
-        out = np.empty(v.size, dtype=np.int32)
-        self.lib.dlrmkit_map_lookup(self.handle, v.ctypes.data, v.size, 1, missing, out.ctypes.data, 1)
+    def lookup(self, column: np.ndarray, missing: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Each value's number, or ``missing`` (into ``out`` when given)."""
+        v, stride = _u32(column)
+        out, out_stride = _i32_out(v.size, out)
+        self.lib.dlrmkit_map_lookup(self.handle, v.ctypes.data, v.size, stride, missing, out.ctypes.data, out_stride)
         return out
 
     def items(self) -> tuple[np.ndarray, np.ndarray]:
@@ -98,6 +114,6 @@ class NativeMap:
         return keys, vals
 
     def insert(self, keys: np.ndarray, values: np.ndarray) -> None:
-        k, v = _u32(keys), np.ascontiguousarray(values, dtype=np.int64)
+        k, v = np.ascontiguousarray(keys, dtype=np.uint32), np.ascontiguousarray(values, dtype=np.int64)
         if not self.lib.dlrmkit_map_insert(self.handle, k.ctypes.data, v.ctypes.data, k.size):
             raise MemoryError("out of memory growing a vocabulary map")

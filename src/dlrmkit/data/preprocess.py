@@ -330,7 +330,7 @@ def preprocess(cfg: PreprocessConfig, out: str | os.PathLike, progress: bool = T
             if cfg.vocab == "hash":  # indexed and log-transformed in pass 1
                 index, dense = sparse, dense
             else:
-                index, dense = _indices(sparse, cfg, vocabs, threads).astype(np.int32), log1p_dense(dense)
+                index, dense = _indices(sparse, cfg, vocabs, threads).astype(np.int32, copy=False), log1p_dense(dense)
             if split == "train":
                 counts = list(threads.map(lambda j: _add_counts(counts[j], index[:, j]), range(NUM_SPARSE)))
             writer.append(split, label, dense, index)
@@ -384,11 +384,11 @@ def _indices(sparse: np.ndarray, cfg: PreprocessConfig, vocabs, threads: ThreadP
     if vocabs is None:
         return hash_index(sparse, cfg.max_index_range)
     values = _capped(sparse, cfg.max_index_range)
-    out = np.empty(values.shape, dtype=np.int64)
+    out = np.empty(values.shape, dtype=np.int32)
 
-    def column(j: int) -> None:
+    def column(j: int) -> None:  # written straight into the output column
         v = vocabs[j]
-        out[:, j] = v.update(values[:, j]) if isinstance(v, FirstAppearance) else v.apply(values[:, j])
+        v.update(values[:, j], out[:, j]) if isinstance(v, FirstAppearance) else v.apply(values[:, j], out[:, j])
 
     list(threads.map(column, range(values.shape[1])))
     return out

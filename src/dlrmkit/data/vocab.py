@@ -25,6 +25,13 @@ from dlrmkit.data.native import NativeMap
 VOCABS = ("hash", "frequency", "reference")
 
 
+def _into(index: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    if out is None:
+        return index
+    out[:] = index
+    return out
+
+
 class SortedDict:
     """A map from uint64 keys to int64 values, stored as sorted arrays; vectorized lookups."""
 
@@ -65,14 +72,15 @@ class FirstAppearance:
         self.native = NativeMap.create()
         self.dict = SortedDict()
 
-    def update(self, column: np.ndarray) -> np.ndarray:
-        """Feed the next values of the column, in file order; returns their indices.
+    def update(self, column: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Feed the next values of the column, in file order; returns their indices (written into
+        the int32 column ``out`` when given).
 
         An index is final once given (later values only append), so indexing happens in the same
         pass: one sort of the chunk, one lookup per distinct value.
         """
         if self.native is not None:
-            return self.native.first(column).astype(np.int64)
+            return self.native.first(column, out)
         uniq, first, inverse = np.unique(column.astype(np.uint64), return_index=True, return_inverse=True)
         pos, found = self.dict.find(uniq)
         index = np.empty(uniq.size, dtype=np.int64)
@@ -81,16 +89,16 @@ class FirstAppearance:
         new = new[np.argsort(first[new], kind="stable")]  # in order of first appearance
         index[new] = len(self.dict) + np.arange(new.size, dtype=np.int64)
         self.dict.insert(uniq[new], index[new])
-        return index[inverse.reshape(-1)]
+        return _into(index[inverse.reshape(-1)], out)
 
     def size(self) -> int:
         return len(self.native) if self.native is not None else len(self.dict)
 
-    def apply(self, column: np.ndarray) -> np.ndarray:
+    def apply(self, column: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         if self.native is not None:
-            return self.native.lookup(column, missing=-1).astype(np.int64)
+            return self.native.lookup(column, -1, out)
         uniq, inverse = np.unique(column.astype(np.uint64), return_inverse=True)
-        return self.dict.lookup(uniq, missing=-1)[inverse.reshape(-1)]
+        return _into(self.dict.lookup(uniq, missing=-1)[inverse.reshape(-1)], out)
 
     def values_in_index_order(self) -> np.ndarray:
         keys, values = self.native.items() if self.native is not None else (self.dict.keys, self.dict.values)
@@ -142,11 +150,11 @@ class FrequencyVocab:
     def size(self) -> int:
         return len(self.vocab) + 1  # the last row is shared by rare and unseen values
 
-    def apply(self, column: np.ndarray) -> np.ndarray:
+    def apply(self, column: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         if isinstance(self.vocab, NativeMap):
-            return self.vocab.lookup(column, missing=len(self.vocab)).astype(np.int64)
+            return self.vocab.lookup(column, len(self.vocab), out)
         uniq, inverse = np.unique(column.astype(np.uint64), return_inverse=True)
-        return self.vocab.lookup(uniq, missing=len(self.vocab))[inverse.reshape(-1)]
+        return _into(self.vocab.lookup(uniq, missing=len(self.vocab))[inverse.reshape(-1)], out)
 
 
 def mod_u32(values: np.ndarray, n: int) -> np.ndarray:
