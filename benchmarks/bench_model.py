@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import time
 
 import torch
@@ -22,21 +21,9 @@ import torch.nn.functional as F
 from dlrmkit.config import preset
 from dlrmkit.model import build_model
 from dlrmkit.train.optim import DLRMOptimizer
+from timing import seconds_per_call
 
 REFERENCE = {"kaggle": {"train": 33_300, "infer": 99_000}, "terabyte": {"infer": 26_000}}
-
-
-def timed(fn, steps: int, warmup: int, repeats: int) -> float:
-    """Median seconds per call."""
-    for _ in range(warmup):
-        fn()
-    runs = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        for _ in range(steps):
-            fn()
-        runs.append((time.perf_counter() - t) / steps)
-    return statistics.median(runs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"shape": args.shape, "batch_size": b, "threads": args.threads, "rows_per_table": args.rows_per_table,
                      "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
                      "date": time.strftime("%Y-%m-%d")}
-    t = lambda fn: timed(fn, args.steps, args.warmup, args.repeats)  # noqa: E731
+    t = lambda fn: seconds_per_call(fn, args.steps, args.warmup, args.repeats)  # noqa: E731
 
     def train_step(opt: DLRMOptimizer, bf16: bool = False):
         def step():

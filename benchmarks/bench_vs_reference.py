@@ -12,7 +12,6 @@ alternate the two models; each figure is the best round's median of 5 x 20 steps
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 
@@ -23,18 +22,7 @@ import torch.nn.functional as F
 from dlrmkit.config import preset
 from dlrmkit.model import build_model
 from dlrmkit.train.optim import DLRMOptimizer
-
-
-def rate(fn, batch: int, steps: int = 20, repeats: int = 5) -> float:
-    for _ in range(5):
-        fn()
-    runs = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        for _ in range(steps):
-            fn()
-        runs.append(batch * steps / (time.perf_counter() - t))
-    return statistics.median(runs)
+from timing import seconds_per_call
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.rounds):
         for name, fn in (("reference train", ref_train), ("dlrmkit train", our_train),
                          ("reference inference", ref_infer), ("dlrmkit inference", our_infer)):
-            best[name] = max(best.get(name, 0.0), rate(fn, b))
+            best[name] = max(best.get(name, 0.0), b / seconds_per_call(fn))
     print(f"kaggle shape, batch {b}, {args.threads} threads, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
     print("| step | DLRM reference | dlrmkit | ratio |")
     print("|---|---|---|---|")
