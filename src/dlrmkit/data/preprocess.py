@@ -142,7 +142,7 @@ def _input_identity(path: Path) -> dict:
 
 
 def stage_file(path: Path, stage: Path, cfg: PreprocessConfig, pool: ProcessPoolExecutor | None,
-               bar: Progress) -> StageInfo:
+               bar: Progress | None) -> StageInfo:
     """Parse one input file into ``stage``; raises DatasetError on the first bad line under 'error'."""
     done = stage / "done.json"
     identity = _input_identity(path)
@@ -150,14 +150,15 @@ def stage_file(path: Path, stage: Path, cfg: PreprocessConfig, pool: ProcessPool
     if done.is_file():
         info = json.loads(done.read_text())
         if info.get("version") == STAGE_VERSION and info.get("input") == identity and info.get("layout") == layout:
-            bar.update(identity["bytes"])
+            if bar is not None:
+                bar.update(identity["bytes"])
             return StageInfo(info["rows"], info["lines"], info["bad"])
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
     files = {name: open(stage / f"{name}.part", "wb") for name in arrays}
     bad = {kind: 0 for kind in BAD_KINDS + ("truncated_gzip", "empty_file")}
     rows = lines = 0
-    blocks = read_blocks(path, cfg.block_bytes, on_read=lambda n: bar.update(n))
+    blocks = read_blocks(path, cfg.block_bytes, on_read=bar.update if bar is not None else None)
     truncated = [False]
 
     def texts() -> Iterator[bytes]:
@@ -286,7 +287,16 @@ def preprocess(cfg: PreprocessConfig, out: str | os.PathLike, progress: bool = T
     stages = [_stage_dir(out, k) for k in range(len(inputs))]
     pool = ProcessPoolExecutor(cfg.workers) if cfg.workers > 1 else None
     try:
-        infos = [stage_file(p, s, cfg, pool, bar) for p, s in zip(inputs, stages)]
+        if pool is not None and len(inputs) >= cfg.workers:
+            # One file per worker (each reads, gunzips and parses its own file): gunzip no longer
+            # runs on the main process alone. Results come back in input order.
+            futures = [pool.submit(stage_file, p, s, cfg, None, None) for p, s in zip(inputs, stages)]
+            infos = []
+            for p, f in zip(inputs, futures):
+                infos.append(f.result())
+                bar.update(p.stat().st_size)
+        else:  # one file (Kaggle): its blocks are parsed on the pool
+            infos = [stage_file(p, s, cfg, pool, bar) for p, s in zip(inputs, stages)]
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
