@@ -338,9 +338,9 @@ def preprocess(cfg: PreprocessConfig, out: str | os.PathLike, progress: bool = T
                 dropped += int((~keep).sum())
                 label, dense, sparse = label[keep], dense[keep], sparse[keep]
             if cfg.vocab == "hash":  # indexed and log-transformed in pass 1
-                index, dense = sparse, dense
+                index = sparse
             else:
-                index, dense = _indices(sparse, cfg, vocabs, threads).astype(np.int32, copy=False), log1p_dense(dense)
+                index, dense = _indices(sparse, cfg.max_index_range, vocabs, threads), log1p_dense(dense)
             if split == "train":
                 counts = list(threads.map(lambda j: _add_counts(counts[j], index[:, j]), range(NUM_SPARSE)))
             writer.append(split, label, dense, index)
@@ -388,12 +388,10 @@ def _capped(values: np.ndarray, max_index_range: int | None) -> np.ndarray:
     return values if max_index_range is None else mod_u32(values, max_index_range)
 
 
-def _indices(sparse: np.ndarray, cfg: PreprocessConfig, vocabs, threads: ThreadPoolExecutor) -> np.ndarray:
-    """Row indices of a chunk; the columns' vocabularies are independent, so they run on threads
-    (numpy's sorts and searches release the GIL)."""
-    if vocabs is None:
-        return hash_index(sparse, cfg.max_index_range)
-    values = _capped(sparse, cfg.max_index_range)
+def _indices(sparse: np.ndarray, max_index_range: int | None, vocabs, threads: ThreadPoolExecutor) -> np.ndarray:
+    """(n, 26) int32 row indices of a chunk from the reference or frequency vocabularies; the
+    columns are independent, so they run on threads (the C map and numpy release the GIL)."""
+    values = _capped(sparse, max_index_range)
     out = np.empty(values.shape, dtype=np.int32)
 
     def column(j: int) -> None:  # written straight into the output column
