@@ -6,7 +6,9 @@ turns errors into one clear line and a non-zero exit code.
     dlrmkit evaluate  AUC, log loss and accuracy of a checkpoint on a split
     dlrmkit preprocess  raw Criteo logs -> a dlrmkit dataset
     dlrmkit import    data processed by the DLRM reference tools -> a dlrmkit dataset
-    dlrmkit demo      the whole road on built-in defaults (synth -> train -> evaluate)
+    dlrmkit bench     MLPerf LoadGen run of a checkpoint (all scenarios, performance and accuracy)
+    dlrmkit accuracy  AUC from LoadGen's accuracy log
+    dlrmkit demo      the whole road on built-in defaults (synth -> train -> evaluate -> bench)
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import sys
 from pathlib import Path
 
+from dlrmkit import cli_bench
 from dlrmkit.config import INTERACTIONS, OPTIMIZERS, PRESETS, ModelConfig, ScheduleConfig, SynthConfig, TrainConfig, preset
 from dlrmkit.errors import ConfigError, DlrmkitError
 
@@ -175,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_preprocess(sub)
     _add_import(sub)
+    cli_bench.add_bench(sub, _positive_int)
+    cli_bench.add_accuracy(sub)
     _add_demo(sub)
     return parser
 
@@ -300,7 +305,8 @@ def _run_demo(args) -> int:
 
 
 COMMANDS = {"synth": _run_synth, "train": _run_train, "evaluate": _run_evaluate,
-            "preprocess": _run_preprocess, "import": _run_import, "demo": _run_demo}
+            "preprocess": _run_preprocess, "import": _run_import, "demo": _run_demo,
+            "bench": cli_bench.run_bench, "accuracy": cli_bench.run_accuracy}
 
 
 def main(argv: list[str] | None = None) -> int:

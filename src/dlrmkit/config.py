@@ -235,3 +235,108 @@ class PreprocessConfig:
         _require(self.on_bad_line in BAD_LINE_POLICIES, f"on_bad_line must be one of {BAD_LINE_POLICIES}")
         _require(0.0 <= self.sub_sample_rate < 1.0, f"sub_sample_rate must be in [0, 1), got {self.sub_sample_rate}")
         _require(self.workers >= 1 and self.block_bytes >= 1 << 16, "workers >= 1 and block_bytes >= 64 KiB")
+
+
+# MLPerf DLRM: each LoadGen sample is a group of user-item pairs whose size is drawn from this
+# quantile function (MLPerf's tools/dist_quantile.txt: 20 equally likely sizes, mean 270).
+MLPERF_QUERY_SIZE_QUANTILE: tuple[int, ...] = (
+    100, 100, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 300, 300, 400, 500, 600, 700,
+)
+MLPERF_DLRM_REFERENCE_AUC = 0.8025  # FP32 reference AUC of MLPerf's Terabyte model (tb00_40M.pt)
+
+SCENARIOS = ("Offline", "Server", "SingleStream", "MultiStream")
+TEST_MODES = ("PerformanceOnly", "AccuracyOnly", "FindPeakPerformance")
+# config version -> fraction of the FP32 reference AUC the accuracy run must reach
+ACCURACY_TARGETS = {"default": 0.99, "high_accuracy": 0.999}
+
+
+@dataclass(frozen=True)
+class AggregationConfig:
+    """How consecutive user-item pairs are grouped into one LoadGen sample.
+
+    Exactly one rule applies, as in the MLPerf reference harness: ``quantile`` (sizes drawn by
+    inverse-transform sampling from the quantile function), else ``min``/``max`` (uniform sizes),
+    else ``fix`` (a fixed size; 1 when nothing is given). ``seed`` seeds numpy's legacy generator
+    for the quantile rule (the reference's ``--numpy-rand-seed``) and Python's for the uniform one.
+    """
+
+    fix: int | None = None
+    min: int | None = None
+    max: int | None = None
+    quantile: tuple[int, ...] | None = None
+    seed: int = 123
+
+    def __post_init__(self) -> None:
+        if self.quantile is not None:
+            object.__setattr__(self, "quantile", tuple(int(q) for q in self.quantile))
+            _require(len(self.quantile) > 0 and all(q > 0 for q in self.quantile),
+                     f"quantile sizes must be positive, got {self.quantile}")
+            _require(list(self.quantile) == sorted(self.quantile),
+                     "quantile sizes must be non-decreasing (a quantile function)")
+        rules = [self.fix is not None, self.min is not None or self.max is not None, self.quantile is not None]
+        _require(sum(rules) <= 1, "give one aggregation rule: a fixed size, a min/max range, or a quantile file")
+        _require(self.fix is None or self.fix > 0, f"samples-to-aggregate-fix must be positive, got {self.fix}")
+        if self.min is not None or self.max is not None:
+            _require(self.min is not None and self.max is not None,
+                     "samples-to-aggregate-min and -max must be given together")
+            _require(0 < self.min <= self.max, f"need 0 < min <= max, got min {self.min}, max {self.max}")
+
+    @property
+    def rule(self) -> str:
+        if self.quantile is not None:
+            return "quantile"
+        return "uniform" if self.min is not None else "fixed"
+
+    def to_dict(self) -> dict:
+        return {"rule": self.rule, **dataclasses.asdict(self)}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One LoadGen run: scenario, mode, and the knobs of the MLPerf DLRM reference harness.
+
+    Fields left None take their value from mlperf.conf / user.conf (or LoadGen's defaults).
+    ``max_batchsize`` counts LoadGen samples (each a group of pairs), as in the reference.
+    """
+
+    scenario: str = "Offline"
+    test_mode: str = "PerformanceOnly"
+    config_ver: str = "default"
+    model_name: str = "dlrm"  # the model key looked up in mlperf.conf / user.conf
+    max_batchsize: int = 128
+    threads: int = 1
+    samples_per_query_offline: int | None = None  # samples loaded to RAM for performance runs
+    samples_per_query_multistream: int = 8
+    count_samples: int | None = None
+    count_queries: int | None = None
+    duration_ms: int | None = None
+    target_qps: float | None = None
+    max_latency_s: float | None = None
+    fast: bool = False
+    mlperf_conf: str | None = None  # None: the rules file built into LoadGen
+    user_conf: str | None = None
+    reference_auc: float | None = None  # None: measured with the FP32 model on the same samples
+
+    def __post_init__(self) -> None:
+        _require(self.scenario in SCENARIOS, f"scenario must be one of {SCENARIOS}, got {self.scenario!r}")
+        _require(self.test_mode in TEST_MODES, f"test mode must be one of {TEST_MODES}, got {self.test_mode!r}")
+        _require(self.config_ver in ACCURACY_TARGETS,
+                 f"config version must be one of {tuple(ACCURACY_TARGETS)}, got {self.config_ver!r}")
+        if self.test_mode == "FindPeakPerformance":
+            _require(self.scenario == "Server", "FindPeakPerformance applies to the Server scenario only")
+        _require(self.max_batchsize > 0 and self.threads > 0, "max_batchsize and threads must be positive")
+        for name in ("samples_per_query_offline", "count_samples", "count_queries", "duration_ms"):
+            value = getattr(self, name)
+            _require(value is None or value > 0, f"{name} must be positive, got {value}")
+        _require(self.samples_per_query_multistream > 0, "samples_per_query_multistream must be positive")
+        _require(self.target_qps is None or self.target_qps > 0, f"target_qps must be positive, got {self.target_qps}")
+        _require(self.max_latency_s is None or self.max_latency_s > 0, "max_latency must be positive")
+        _require(self.reference_auc is None or 0.5 < self.reference_auc <= 1,
+                 f"reference AUC must be in (0.5, 1], got {self.reference_auc}")
+
+    @property
+    def accuracy_target(self) -> float:
+        return ACCURACY_TARGETS[self.config_ver]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

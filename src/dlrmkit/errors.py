@@ -23,3 +23,7 @@ class TrainingDivergedError(DlrmkitError):
 
 class EvaluationError(DlrmkitError):
     """Metrics cannot be computed on the rows given (e.g. only one class for AUC)."""
+
+
+class BenchmarkError(DlrmkitError):
+    """A benchmark run failed (the system under test raised) and its result is void."""

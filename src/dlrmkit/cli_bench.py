@@ -1,0 +1,155 @@
+"""The ``bench`` and ``accuracy`` verbs of the command line (flags as in the MLPerf DLRM harness)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from dlrmkit.config import (ACCURACY_TARGETS, MLPERF_DLRM_REFERENCE_AUC, MLPERF_QUERY_SIZE_QUANTILE, SCENARIOS,
+                            TEST_MODES, AggregationConfig, BenchConfig)
+
+# As in the reference harness: a profile fills in options the command line leaves out.
+PROFILES = {
+    "dlrm-kaggle-pytorch": {"max_batchsize": 128},
+    "dlrm-terabyte-pytorch": {"max_batchsize": 2048, "samples_per_query_offline": 204800,
+                              "quantile": MLPERF_QUERY_SIZE_QUANTILE, "reference_auc": MLPERF_DLRM_REFERENCE_AUC},
+}
+DEFAULT_MAX_BATCHSIZE = 128
+
+
+def add_bench(sub, positive_int) -> None:
+    p = sub.add_parser("bench", help="MLPerf LoadGen run of a checkpoint on a dataset's test split")
+    p.add_argument("--checkpoint", required=True, help="dlrmkit or DLRM-reference checkpoint")
+    p.add_argument("--data", required=True, help="dlrmkit dataset directory")
+    p.add_argument("--split", default="test")
+    p.add_argument("--output", required=True, help="directory for LoadGen's logs, result.json and plots")
+    p.add_argument("--profile", choices=tuple(PROFILES), help="defaults of the reference harness's profiles")
+    p.add_argument("--scenario", choices=SCENARIOS, default="Offline")
+    p.add_argument("--test-mode", choices=TEST_MODES, default=None)
+    p.add_argument("--accuracy", action="store_true", help="same as --test-mode AccuracyOnly")
+    p.add_argument("--find-peak-performance", action="store_true", help="same as --test-mode FindPeakPerformance")
+    p.add_argument("--config-ver", choices=tuple(ACCURACY_TARGETS), default="default",
+                   help="accuracy target: default 99%%, high_accuracy 99.9%% of the FP32 AUC")
+    p.add_argument("--max-batchsize", type=positive_int, help=f"samples per model call (default {DEFAULT_MAX_BATCHSIZE})")
+    p.add_argument("--threads", type=positive_int, default=1, help="SUT worker threads")
+    p.add_argument("--intra-op-threads", type=positive_int, help="torch threads per worker (default: all cores)")
+    p.add_argument("--device", default="cpu", help="torch device of the model (cpu, cuda)")
+    p.add_argument("--samples-per-query-offline", type=positive_int,
+                   help="samples loaded to RAM for performance runs (mlperf.conf: 204800, capped at the split)")
+    p.add_argument("--samples-per-query-multistream", type=positive_int, default=8)
+    p.add_argument("--count-samples", type=positive_int, help="use only the first N samples")
+    p.add_argument("--count-queries", type=positive_int)
+    p.add_argument("--duration", type=positive_int, help="minimum run time in ms")
+    p.add_argument("--target-qps", type=float, help="Server target / Offline expected QPS")
+    p.add_argument("--max-latency", type=float, help="Server / MultiStream latency bound in seconds")
+    p.add_argument("--fast", action="store_true", help="5 s minimum duration, 1 query minimum (not for submission)")
+    p.add_argument("--mlperf-conf", "--mlperf_conf", dest="mlperf_conf",
+                   help="LoadGen rules file (default: the one built into LoadGen)")
+    p.add_argument("--user-conf", "--user_conf", dest="user_conf", help="LoadGen user settings file")
+    p.add_argument("--reference-auc", type=float, help="FP32 AUC the accuracy target is relative to "
+                   "(default: measured with this checkpoint on the same pairs)")
+    g = p.add_argument_group("sample aggregation (default: MLPerf's quantile distribution, 100-700 pairs)")
+    g.add_argument("--samples-to-aggregate-fix", type=positive_int)
+    g.add_argument("--samples-to-aggregate-min", type=positive_int)
+    g.add_argument("--samples-to-aggregate-max", type=positive_int)
+    g.add_argument("--samples-to-aggregate-quantile-file")
+    g.add_argument("--samples-to-aggregate-trace-file", help="default: OUTPUT/dlrm_trace_of_aggregated_samples.txt")
+    g.add_argument("--numpy-rand-seed", type=int, default=123)
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+
+
+def add_accuracy(sub) -> None:
+    p = sub.add_parser("accuracy", help="AUC from LoadGen's mlperf_log_accuracy.json (as accuracy-dlrm.py)")
+    p.add_argument("--mlperf-accuracy-file", required=True)
+    p.add_argument("--dtype", choices=("float32", "int32", "int64"), default="float32")
+    p.add_argument("--reference-auc", type=float, help="FP32 AUC; with it, report pass/fail")
+    p.add_argument("--config-ver", choices=tuple(ACCURACY_TARGETS), default="default")
+    p.add_argument("--output", help="also write the metrics to this JSON file")
+
+
+def aggregation_from_args(args, profile: dict) -> AggregationConfig:
+    from dlrmkit.bench.aggregation import read_quantile_file
+
+    seed = args.numpy_rand_seed
+    if args.samples_to_aggregate_quantile_file:
+        return AggregationConfig(quantile=read_quantile_file(args.samples_to_aggregate_quantile_file), seed=seed)
+    if args.samples_to_aggregate_min is not None or args.samples_to_aggregate_max is not None:
+        return AggregationConfig(min=args.samples_to_aggregate_min, max=args.samples_to_aggregate_max, seed=seed)
+    if args.samples_to_aggregate_fix is not None:
+        return AggregationConfig(fix=args.samples_to_aggregate_fix, seed=seed)
+    return AggregationConfig(quantile=profile.get("quantile", MLPERF_QUERY_SIZE_QUANTILE), seed=seed)
+
+
+def bench_config_from_args(args) -> BenchConfig:
+    profile = PROFILES.get(args.profile, {})
+    modes = [m for m, on in (("AccuracyOnly", args.accuracy), ("FindPeakPerformance", args.find_peak_performance)) if on]
+    if args.test_mode is not None:
+        modes.append(args.test_mode)
+    if len(set(modes)) > 1:
+        raise argparse.ArgumentTypeError(f"conflicting test modes {sorted(set(modes))}")
+
+    def pick(name: str, default=None):
+        value = getattr(args, name)
+        return value if value is not None else profile.get(name, default)
+
+    return BenchConfig(
+        scenario=args.scenario, test_mode=modes[0] if modes else "PerformanceOnly", config_ver=args.config_ver,
+        max_batchsize=pick("max_batchsize", DEFAULT_MAX_BATCHSIZE), threads=args.threads,
+        samples_per_query_offline=pick("samples_per_query_offline"),
+        samples_per_query_multistream=args.samples_per_query_multistream,
+        count_samples=args.count_samples, count_queries=args.count_queries, duration_ms=args.duration,
+        target_qps=args.target_qps, max_latency_s=args.max_latency, fast=args.fast,
+        mlperf_conf=args.mlperf_conf, user_conf=args.user_conf, reference_auc=pick("reference_auc"))
+
+
+def run_bench(args) -> int:
+    import torch
+
+    from dlrmkit.bench.run import run_benchmark
+    from dlrmkit.data.dataset import Dataset
+    from dlrmkit.infer import TorchPredictor
+    from dlrmkit.reference_checkpoint import load_any_model
+    from dlrmkit.train.loop import check_tables
+
+    try:
+        cfg = bench_config_from_args(args)
+    except argparse.ArgumentTypeError as e:
+        from dlrmkit.errors import ConfigError
+
+        raise ConfigError(str(e)) from None
+    aggregation = aggregation_from_args(args, PROFILES.get(args.profile, {}))
+    if args.intra_op_threads:
+        torch.set_num_threads(args.intra_op_threads)
+    dataset = Dataset(args.data)
+    model, model_cfg, kind = load_any_model(args.checkpoint)
+    check_tables(model_cfg, dataset)
+    predictor = TorchPredictor(model, model_cfg.max_index_range, args.device)
+    describe = {"checkpoint": str(args.checkpoint), "checkpoint_format": kind, "model": model_cfg.to_dict(),
+                "data": str(args.data), "split": args.split, "profile": args.profile}
+    log = (lambda _: None) if args.quiet else print
+    result = run_benchmark(predictor, dataset.split(args.split), cfg, aggregation, args.output,
+                           trace_file=args.samples_to_aggregate_trace_file, plots=not args.no_plots,
+                           describe=describe, log=log)
+    if args.quiet:
+        print(result["summary_string"])
+    print(f"wrote {Path(args.output) / 'result.json'} and LoadGen's logs")
+    return 0
+
+
+def run_accuracy(args) -> int:
+    from dlrmkit.bench.accuracy import accuracy_metrics, read_accuracy_log
+    from dlrmkit.bench.results import accuracy_block
+
+    metrics = accuracy_metrics(read_accuracy_log(args.mlperf_accuracy_file, args.dtype))
+    print(f"AUC={100 * metrics['auc']:.3f}%, accuracy={100 * metrics['accuracy']:.3f}%, "
+          f"good={metrics['good']}, total={metrics['total']}, queries={metrics['samples']}")
+    if args.reference_auc is not None:
+        block = accuracy_block(metrics, args.reference_auc, ACCURACY_TARGETS[args.config_ver])
+        metrics.update(block)
+        print(block["summary_string"])
+    if args.output:
+        Path(args.output).write_text(json.dumps(metrics, indent=2) + "\n")
+    passed = metrics.get("accuracy_pass", True)
+    return 0 if passed else 1
