@@ -315,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"{e} (see --help)", file=sys.stderr)
         return EXIT_USAGE
+    from dlrmkit.infer.allocator import retain_freed_memory
+
+    retain_freed_memory()  # large batches reuse heap memory instead of page-faulting fresh mmaps
     try:
         return COMMANDS[args.command](args)
     except DlrmkitError as e:

@@ -35,6 +35,8 @@ def add_bench(sub, positive_int) -> None:
     p.add_argument("--threads", type=positive_int, default=1, help="SUT worker threads")
     p.add_argument("--intra-op-threads", type=positive_int, help="torch threads per worker (default: all cores)")
     p.add_argument("--device", default="cpu", help="torch device of the model (cpu, cuda)")
+    p.add_argument("--max-pairs-per-call", type=positive_int,
+                   help="split model calls into chunks of this many pairs (default: 2048 on CPU, none on GPU)")
     p.add_argument("--samples-per-query-offline", type=positive_int,
                    help="samples loaded to RAM for performance runs (mlperf.conf: 204800, capped at the split)")
     p.add_argument("--samples-per-query-multistream", type=positive_int, default=8)
@@ -125,7 +127,7 @@ def run_bench(args) -> int:
     dataset = Dataset(args.data)
     model, model_cfg, kind = load_any_model(args.checkpoint)
     check_tables(model_cfg, dataset)
-    predictor = TorchPredictor(model, model_cfg.max_index_range, args.device)
+    predictor = TorchPredictor(model, model_cfg.max_index_range, args.device, args.max_pairs_per_call)
     describe = {"checkpoint": str(args.checkpoint), "checkpoint_format": kind, "model": model_cfg.to_dict(),
                 "data": str(args.data), "split": args.split, "profile": args.profile}
     log = (lambda _: None) if args.quiet else print

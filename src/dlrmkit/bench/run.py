@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -28,20 +29,28 @@ RESULT_FILE = "result.json"
 TRACE_FILE = "dlrm_trace_of_aggregated_samples.txt"
 
 
-def calibrate(predict: Predict, qsl: SampleLibrary, max_batchsize: int, repeats: int = 3) -> float:
-    """Warm the model up on the first batch of samples; returns the samples/s it reached."""
+def calibrate(predict: Predict, qsl: SampleLibrary, max_batchsize: int, threads: int = 1,
+              repeats: int = 3) -> float:
+    """Warm the model up on the first batch of samples, then time ``threads`` concurrent callers
+    as the SUT's workers will be; returns the samples/s they reached together."""
     k = min(max_batchsize, qsl.total_count)
     rows = slice(0, int(qsl.offsets[k]))
     dense = np.array(qsl.split.dense[rows], dtype=np.float32)
     sparse = np.array(qsl.split.sparse[rows])
     for _ in range(2):
         predict(dense, sparse)
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        predict(dense, sparse)
-        seconds.append(time.perf_counter() - start)
-    return k / max(float(np.median(seconds)), 1e-9)
+
+    def work() -> None:
+        for _ in range(repeats):
+            predict(dense, sparse)
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    start = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return k * repeats * threads / max(time.perf_counter() - start, 1e-9)
 
 
 def reference_auc(predict: Predict, qsl: SampleLibrary, batch_pairs: int = 16384) -> float:
@@ -82,7 +91,7 @@ def run_benchmark(predict: Predict, split: SplitArrays, cfg: BenchConfig, aggreg
     log(f"QSL: {count:,} samples of {qsl.pairs:,} pairs ({qsl.pairs / count:.1f} pairs per sample, "
         f"{aggregation.rule} aggregation)")
 
-    calibrated = calibrate(predict, qsl, cfg.max_batchsize)
+    calibrated = calibrate(predict, qsl, cfg.max_batchsize, cfg.threads)
     resolved = build_settings(cfg, count, calibrated)
     log(f"warm-up: {calibrated:,.0f} samples/s in batches of {min(cfg.max_batchsize, count)} samples; "
         f"target QPS from {resolved.expected_qps_source}")

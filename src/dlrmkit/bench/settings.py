@@ -111,14 +111,15 @@ def build_settings(cfg: BenchConfig, total_count: int, calibrated_qps: float | N
         settings.server_target_latency_ns = int(cfg.max_latency_s * NANO_SEC)
         settings.multi_stream_expected_latency_ns = int(cfg.max_latency_s * NANO_SEC)
 
-    # Throughput targets: an option wins, then user.conf; otherwise what the SUT showed in warm-up
-    # (Offline sizes its one query from it; Server offers half of it, leaving room for latency).
+    # Throughput targets: an option wins, then user.conf; otherwise what the SUT showed in warm-up.
+    # Offline sizes its one query from it, with room (a query finished before the minimum duration
+    # makes the run invalid); Server offers half of it, leaving room for latency.
     if cfg.target_qps is not None:
         qps, source = cfg.target_qps, "option"
     elif lookup(user, model, scenario, "target_qps") is not None:
         qps, source = None, "user.conf"
     elif calibrated_qps is not None:
-        qps, source = (calibrated_qps if scenario == "Offline" else calibrated_qps / 2), "calibrated"
+        qps, source = (1.5 * calibrated_qps if scenario == "Offline" else calibrated_qps / 2), "calibrated"
     else:
         qps, source = None, "mlperf.conf"
     if qps is not None:

@@ -1,0 +1,139 @@
+"""LoadGen benchmark of the kaggle DLRM on this machine: Offline samples/s, Server QPS at the
+60 ms p99 bound, and the LoadGen + SUT overhead against a model that returns at once.
+
+    python benchmarks/bench_loadgen.py [--rows 2000000] [--duration 10000] [--out runs/bench_loadgen]
+
+Data: synthetic Criteo-like rows with the full Kaggle table sizes (33.8M embedding rows, dim 16),
+the test split grouped by MLPerf's query-size distribution (mean ~270 pairs per sample). The
+model is the kaggle preset with its initial weights (speed does not depend on training).
+Every variant runs in this one process, so the ratios compare like with like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dlrmkit.bench.aggregation import aggregate_offsets
+from dlrmkit.bench.qsl import SampleLibrary
+from dlrmkit.bench.run import run_benchmark
+from dlrmkit.config import MLPERF_QUERY_SIZE_QUANTILE, AggregationConfig, BenchConfig, SynthConfig, preset
+from dlrmkit.data import synth
+from dlrmkit.data.dataset import Dataset
+from dlrmkit.infer import TorchPredictor
+from dlrmkit.infer.allocator import retain_freed_memory
+from dlrmkit.model import build_model
+from timing import seconds_per_call
+
+SERVER_BOUND_MS = 60.0  # mlperf.conf: dlrm.Server.target_latency = 60
+
+
+def instant(dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
+    """A model that returns at once: what is left of a run's time is LoadGen's and the SUT's."""
+    return np.zeros(dense.shape[0], dtype=np.float32)
+
+
+instant.name = "instant"
+
+
+def model_only(predict, split, max_batchsize: int) -> float:
+    """Samples/s of the bare predictor on batches of max_batchsize samples (no LoadGen, no SUT)."""
+    offsets = aggregate_offsets(len(split), AggregationConfig(quantile=MLPERF_QUERY_SIZE_QUANTILE))
+    qsl = SampleLibrary(split, offsets)
+    qsl.load(list(range(qsl.total_count)))
+    rng = np.random.default_rng(0)
+    batches = [qsl.gather(rng.integers(0, qsl.total_count, max_batchsize)) for _ in range(8)]
+    it = iter(range(1 << 30))
+
+    def step():
+        dense, sparse, _, _ = batches[next(it) % len(batches)]
+        predict(dense, sparse)
+
+    return max_batchsize / seconds_per_call(step, steps=8, warmup=4, repeats=3)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=2_000_000, help="synthetic rows (the test split is 1/14)")
+    p.add_argument("--duration", type=int, default=10_000, help="min duration of each LoadGen run, ms")
+    p.add_argument("--batch-sizes", default="32,128", help="max_batchsize values (samples) to compare")
+    p.add_argument("--server-fractions", default="0.5,0.65,0.8,0.9",
+                   help="Server target QPS tried, as fractions of the best Offline samples/s")
+    p.add_argument("--out", default="runs/bench_loadgen")
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args(argv)
+    retain_freed_memory()  # as the dlrmkit CLI does
+    out = Path(args.out)
+    data = out / "data"
+    if not (data / "metadata.json").exists():
+        synth.write_binary(SynthConfig(rows=args.rows, seed=0), data, progress=False)
+    dataset = Dataset(data)
+    split = dataset.split("test")
+    torch.manual_seed(0)
+    predictor = TorchPredictor(build_model(preset("kaggle", dataset.table_sizes), seed=0))
+    aggregation = AggregationConfig(quantile=MLPERF_QUERY_SIZE_QUANTILE)
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads; "
+          f"test split {len(split):,} pairs; kaggle preset, {sum(dataset.table_sizes):,} embedding rows", flush=True)
+
+    def offline(predict, bs: int, threads: int, tag: str, qps: float | None = None) -> dict:
+        cfg = BenchConfig(scenario="Offline", max_batchsize=bs, threads=threads, duration_ms=args.duration,
+                          fast=True, target_qps=qps)
+        r = run_benchmark(predict, split, cfg, aggregation, out / tag, plots=False, log=lambda _: None)
+        return {"samples_per_s": r["samples_per_second"], "pairs_per_s": r["pairs_per_second"],
+                "expected_qps": r["effective_target_qps"], "query_samples": r["effective_samples_per_query"],
+                "validity": r["result_validity"], "max_batchsize": bs, "threads": threads}
+
+    results: dict = {"rows": args.rows, "test_pairs": len(split), "duration_ms": args.duration, "offline": {}}
+    for bs in (int(b) for b in args.batch_sizes.split(",")):
+        bare = model_only(predictor, split, bs)
+        for threads in (1, 2):
+            torch.set_num_threads(max(1, 2 // threads))
+            tag = f"bs{bs}-t{threads}"
+            model = offline(predictor, bs, threads, f"offline-{tag}")
+            # the same query (sample count) as the model's run, answered at once
+            null = offline(instant, bs, threads, f"instant-{tag}", model["expected_qps"])
+            model.update(model_only_samples_per_s=bare,
+                         loadgen_sut_overhead=model["samples_per_s"] / null["samples_per_s"],
+                         vs_model_only=model["samples_per_s"] / bare,
+                         instant_samples_per_s=null["samples_per_s"])
+            results["offline"][tag] = model
+            print(f"Offline {tag}: {model['samples_per_s']:,.1f} samples/s ({model['pairs_per_s']:,.0f} pairs/s) "
+                  f"{model['validity']}; bare model {bare:,.1f} samples/s (x{model['vs_model_only']:.3f}); "
+                  f"instant model {null['samples_per_s']:,.0f} samples/s -> LoadGen+SUT overhead "
+                  f"{100 * model['loadgen_sut_overhead']:.2f}% of the Offline time", flush=True)
+
+    best_tag = max(results["offline"], key=lambda t: results["offline"][t]["samples_per_s"])
+    best = results["offline"][best_tag]
+    torch.set_num_threads(max(1, 2 // best["threads"]))
+    results["server"] = []
+    for fraction in (float(f) for f in args.server_fractions.split(",")):
+        qps = fraction * best["samples_per_s"]
+        cfg = BenchConfig(scenario="Server", max_batchsize=best["max_batchsize"], threads=best["threads"],
+                          duration_ms=args.duration, fast=True, target_qps=qps)
+        r = run_benchmark(predictor, split, cfg, aggregation, out / f"server-{fraction:g}", log=lambda _: None)
+        row = {"target_qps": qps, "completed_samples_per_s": r["samples_per_second"],
+               "pairs_per_s": r["pairs_per_second"], "p99_ms": r["result_99.00_percentile_latency_ns"] / 1e6,
+               "validity": r["result_validity"], "max_batchsize": best["max_batchsize"], "threads": best["threads"]}
+        results["server"].append(row)
+        print(f"Server target {qps:,.1f} QPS: {row['completed_samples_per_s']:,.1f} samples/s "
+              f"({row['pairs_per_s']:,.0f} pairs/s), p99 {row['p99_ms']:.1f} ms (bound {SERVER_BOUND_MS:g}), "
+              f"{row['validity']}", flush=True)
+    valid = [r for r in results["server"] if r["validity"] == "VALID" and r["p99_ms"] <= SERVER_BOUND_MS]
+    if valid:
+        top = max(valid, key=lambda r: r["target_qps"])
+        print(f"Server: {top['completed_samples_per_s']:,.1f} QPS ({top['pairs_per_s']:,.0f} pairs/s) "
+              f"within the {SERVER_BOUND_MS:g} ms p99 bound")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
