@@ -69,6 +69,9 @@ def add_accuracy(sub) -> None:
     p.add_argument("--reference-auc", type=float, help="FP32 AUC; with it, report pass/fail")
     p.add_argument("--config-ver", choices=tuple(ACCURACY_TARGETS), default="default")
     p.add_argument("--output", help="also write the metrics to this JSON file")
+    p.add_argument("--data", help="for logs holding predictions only: the dataset whose labels they predict")
+    p.add_argument("--split", default="test")
+    p.add_argument("--aggregation-trace-file", help="with --data: the run's dlrm_trace_of_aggregated_samples.txt")
 
 
 def aggregation_from_args(args, profile: dict) -> AggregationConfig:
@@ -144,7 +147,18 @@ def run_accuracy(args) -> int:
     from dlrmkit.bench.accuracy import accuracy_metrics, read_accuracy_log
     from dlrmkit.bench.results import accuracy_block
 
-    metrics = accuracy_metrics(read_accuracy_log(args.mlperf_accuracy_file, args.dtype))
+    from dlrmkit.errors import ConfigError
+
+    if (args.data is None) != (args.aggregation_trace_file is None):
+        raise ConfigError("--data and --aggregation-trace-file go together (logs holding predictions only)")
+    labels = offsets = None
+    if args.data is not None:
+        from dlrmkit.bench.aggregation import read_trace
+        from dlrmkit.data.dataset import Dataset
+
+        labels = Dataset(args.data).split(args.split).label
+        offsets = read_trace(args.aggregation_trace_file)
+    metrics = accuracy_metrics(read_accuracy_log(args.mlperf_accuracy_file, args.dtype, labels, offsets))
     print(f"AUC={100 * metrics['auc']:.3f}%, accuracy={100 * metrics['accuracy']:.3f}%, "
           f"good={metrics['good']}, total={metrics['total']}, queries={metrics['samples']}")
     if args.reference_auc is not None:

@@ -1,7 +1,9 @@
 """AUC from LoadGen's accuracy log, as the MLPerf reference's ``tools/accuracy-dlrm.py`` computes it.
 
-Each log entry holds one sample's response: hex bytes of float32 (prediction, label) per pair.
-A sample logged twice counts once.
+Each log entry holds one sample's response: hex bytes of float32 (prediction, label) per pair,
+as the reference SUT packs them. For a SUT that answers with predictions only, the labels come
+from the test split and the aggregation trace (which pairs each sample holds), as the reference
+tool's ``--day-23-file`` mode does. A sample logged twice counts once.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ class AccuracyLog:
     labels: np.ndarray  # (P,)
 
 
-def read_accuracy_log(path: str | Path, dtype: str = "float32") -> AccuracyLog:
+def read_accuracy_log(path: str | Path, dtype: str = "float32", split_labels: np.ndarray | None = None,
+                      offsets: np.ndarray | None = None) -> AccuracyLog:
+    """Predictions and labels of every logged sample. With ``split_labels`` (the split's labels)
+    and ``offsets`` (sample i holds pairs offsets[i]:offsets[i+1]) the log holds predictions only."""
     path = Path(path)
     try:
         entries = json.loads(path.read_text())
@@ -50,11 +55,29 @@ def read_accuracy_log(path: str | Path, dtype: str = "float32") -> AccuracyLog:
     except ValueError:
         raise EvaluationError(f"{path}: response data is not hex") from None
     values = np.frombuffer(raw, dtype=DTYPES[dtype])
+    samples = np.array(samples, dtype=np.int64)
+    if split_labels is not None:
+        return _with_split_labels(path, samples, values, split_labels, offsets)
     if values.size % 2:
         raise EvaluationError(f"{path}: responses hold {values.size} values, not (prediction, label) pairs")
     pairs = values.reshape(-1, 2)  # (P, 2)
-    return AccuracyLog(np.array(samples, dtype=np.int64), pairs[:, 0].astype(np.float64),
-                       pairs[:, 1].astype(np.float64))
+    return AccuracyLog(samples, pairs[:, 0].astype(np.float64), pairs[:, 1].astype(np.float64))
+
+
+def _with_split_labels(path: Path, samples: np.ndarray, predictions: np.ndarray, split_labels: np.ndarray,
+                       offsets: np.ndarray) -> AccuracyLog:
+    from dlrmkit.bench.qsl import range_rows
+
+    if samples.size and samples.max() >= len(offsets) - 1:
+        raise EvaluationError(f"{path}: sample {samples.max()} is beyond the trace's {len(offsets) - 1} samples")
+    sizes = np.diff(offsets)[samples]
+    if predictions.size != sizes.sum():
+        raise EvaluationError(f"{path}: {predictions.size} predictions for samples holding {sizes.sum()} pairs "
+                              f"(does the log hold labels too? then leave out the dataset)")
+    if offsets[-1] > len(split_labels):
+        raise EvaluationError(f"the trace covers {offsets[-1]} pairs but the split has {len(split_labels)}")
+    labels = np.asarray(split_labels)[range_rows(offsets[samples], sizes)]
+    return AccuracyLog(samples, predictions.astype(np.float64), labels.astype(np.float64))
 
 
 def accuracy_metrics(log: AccuracyLog) -> dict:
