@@ -23,6 +23,7 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_model.py
+	$(BIN)/python benchmarks/bench_loadgen.py
 
 clean:
 	rm -rf $(VENV) runs

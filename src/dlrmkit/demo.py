@@ -31,7 +31,8 @@ DEMO_TRAIN = TrainConfig(optimizer="adagrad", learning_rate=0.02, batch_size=204
 
 
 def run_demo(out: str | os.PathLike, rows: int = DEMO_ROWS, seed: int = 0, train_cfg: TrainConfig = DEMO_TRAIN,
-             preset_name: str = "kaggle", cardinality_scale: float = DEMO_CARDINALITY_SCALE, progress: bool = True) -> dict:
+             preset_name: str = "kaggle", cardinality_scale: float = DEMO_CARDINALITY_SCALE, progress: bool = True,
+             bench_duration_ms: int | None = None) -> dict:
     """Run the whole road under ``out``: data/, run/, demo.json. Returns the demo's figures."""
     out = Path(out)
     t0 = time.perf_counter()
@@ -55,7 +56,8 @@ def run_demo(out: str | os.PathLike, rows: int = DEMO_ROWS, seed: int = 0, train
     bench_dir = out / "bench"
     print(f"[5/5] bench: MLPerf LoadGen, Offline and Server, performance and accuracy (--fast) -> {bench_dir}",
           flush=True)
-    bench = run_bench_table(TorchPredictor(model, cfg.max_index_range), dataset, test["auc"], bench_dir)
+    bench = run_bench_table(TorchPredictor(model, cfg.max_index_range), dataset, test["auc"], bench_dir,
+                            bench_duration_ms)
     result = {
         "test_auc": test["auc"],
         "oracle_test_auc": meta["oracle_auc"]["test"],
@@ -88,14 +90,16 @@ def run_demo(out: str | os.PathLike, rows: int = DEMO_ROWS, seed: int = 0, train
     return result
 
 
-def run_bench_table(predict, dataset: Dataset, fp32_auc: float, out: Path) -> list[dict]:
+def run_bench_table(predict, dataset: Dataset, fp32_auc: float, out: Path,
+                    duration_ms: int | None = None) -> list[dict]:
     """Offline and Server, performance then accuracy, with MLPerf's query-size distribution."""
     aggregation = AggregationConfig(quantile=MLPERF_QUERY_SIZE_QUANTILE)
     rows = []
     for scenario in ("Offline", "Server"):
         for mode in ("PerformanceOnly", "AccuracyOnly"):
             # The test split is the whole accuracy set, so evaluate's AUC is the FP32 reference.
-            cfg = BenchConfig(scenario=scenario, test_mode=mode, fast=True, reference_auc=fp32_auc)
+            cfg = BenchConfig(scenario=scenario, test_mode=mode, fast=True, duration_ms=duration_ms,
+                              reference_auc=fp32_auc)
             r = run_benchmark(predict, dataset.split("test"), cfg, aggregation, out / f"{scenario}-{mode}",
                               log=lambda _: None)
             rows.append({k: r.get(k) for k in ("scenario", "test_mode", "scenario_key", "result_validity",
