@@ -40,9 +40,14 @@ def calibrate(predict: Predict, qsl: SampleLibrary, max_batchsize: int, threads:
     for _ in range(2):
         predict(dense, sparse)
 
+    failures: list[BaseException] = []
+
     def work() -> None:
-        for _ in range(repeats):
-            predict(dense, sparse)
+        try:
+            for _ in range(repeats):
+                predict(dense, sparse)
+        except Exception as e:  # noqa: BLE001 - re-raised in the calling thread below
+            failures.append(e)
 
     workers = [threading.Thread(target=work) for _ in range(threads)]
     start = time.perf_counter()
@@ -50,6 +55,8 @@ def calibrate(predict: Predict, qsl: SampleLibrary, max_batchsize: int, threads:
         w.start()
     for w in workers:
         w.join()
+    if failures:
+        raise failures[0]
     return k * repeats * threads / max(time.perf_counter() - start, 1e-9)
 
 
@@ -91,7 +98,11 @@ def run_benchmark(predict: Predict, split: SplitArrays, cfg: BenchConfig, aggreg
     log(f"QSL: {count:,} samples of {qsl.pairs:,} pairs ({qsl.pairs / count:.1f} pairs per sample, "
         f"{aggregation.rule} aggregation)")
 
-    calibrated = calibrate(predict, qsl, cfg.max_batchsize, cfg.threads)
+    try:
+        calibrated = calibrate(predict, qsl, cfg.max_batchsize, cfg.threads)
+    except Exception as e:  # noqa: BLE001 - any model failure: one clear error, no result
+        raise BenchmarkError(f"the model failed in the warm-up, before LoadGen started: "
+                             f"{type(e).__name__}: {e}") from e
     resolved = build_settings(cfg, count, calibrated)
     log(f"warm-up: {calibrated:,.0f} samples/s in batches of {min(cfg.max_batchsize, count)} samples; "
         f"target QPS from {resolved.expected_qps_source}")

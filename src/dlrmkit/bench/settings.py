@@ -42,15 +42,18 @@ def read_conf(path: str | Path) -> dict[str, str]:
         raise ConfigError(f"cannot read LoadGen config {path}: {e.strerror}") from None
     entries: dict[str, str] = {}
     for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
+        tokens = raw.split()
+        if not tokens or tokens[0].startswith("#"):
             continue
-        key, eq, value = (part.strip() for part in line.partition("="))
-        if not eq or not value or len(key.split(".")) != 3 or " " in key:
-            raise ConfigError(f"{path}:{number}: expected 'model.scenario.key = value', got {raw.strip()!r}")
-        if not _is_number(value):
-            raise ConfigError(f"{path}:{number}: value must be a number, got {value!r}")
-        entries[key] = value
+        # As LoadGen reads it: 'key = value' separated by spaces and nothing after the value (LoadGen
+        # rejects a trailing comment and silently ignores 'key=value'); model names may hold dots.
+        parts = tokens[0].rsplit(".", 2)
+        if len(tokens) != 3 or tokens[1] != "=" or len(parts) != 3 or not all(parts):
+            raise ConfigError(f"{path}:{number}: expected 'model.scenario.key = value' (spaces around '=', "
+                              f"nothing after the value), got {raw.strip()!r}")
+        if not _is_number(tokens[2]):
+            raise ConfigError(f"{path}:{number}: value must be a number, got {tokens[2]!r}")
+        entries[tokens[0]] = tokens[2]
     return entries
 
 
