@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict = {"rows": args.rows, "test_pairs": len(split), "duration_ms": args.duration, "offline": {}}
     for bs in (int(b) for b in args.batch_sizes.split(",")):
-        bare = model_only(predictor, split, bs)
+        torch.set_num_threads(2)
+        bare = model_only(predictor, split, bs)  # one caller, the main thread, 2 torch threads
         for threads in (1, 2):
             torch.set_num_threads(max(1, 2 // threads))
             tag = f"bs{bs}-t{threads}"

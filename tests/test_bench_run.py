@@ -16,6 +16,7 @@ import pytest
 from dlrmkit.bench.accuracy import read_accuracy_log
 from dlrmkit.bench.aggregation import aggregate_offsets, read_trace
 from dlrmkit.bench.qsl import SampleLibrary
+from dlrmkit.bench import run as bench_run
 from dlrmkit.bench.run import run_benchmark
 from dlrmkit.config import MLPERF_QUERY_SIZE_QUANTILE, AggregationConfig, BenchConfig, SynthConfig, preset
 from dlrmkit.data import synth
@@ -283,18 +284,31 @@ def test_accuracy_reference_predict_sets_the_threshold(dataset, predictor, tmp_p
 # --- failures ---------------------------------------------------------------------------------
 
 
-def _in_sut_worker() -> bool:
-    return threading.current_thread().name.startswith("dlrmkit-sut")
+@pytest.fixture
+def fails_after_warmup(monkeypatch, predictor):
+    """A model that works in the harness's warm-up and raises once LoadGen's run has begun."""
+    armed = threading.Event()
+    real_calibrate = bench_run.calibrate
 
+    def calibrate_then_arm(*args, **kwargs):
+        rate = real_calibrate(*args, **kwargs)
+        armed.set()
+        return rate
 
-def test_sut_failure_fails_the_run_loudly(dataset, predictor, tmp_path, capsys):
-    """The model fails inside LoadGen's run (after the warm-up): no result, a BenchmarkError."""
-    (tmp_path / "result.json").write_text('{"stale": true}\n')  # from an earlier run
+    monkeypatch.setattr(bench_run, "calibrate", calibrate_then_arm)
 
     def failing(dense, sparse):
-        if _in_sut_worker():
+        if armed.is_set():
             raise RuntimeError("boom")
         return predictor(dense, sparse)
+
+    return failing
+
+
+def test_sut_failure_fails_the_run_loudly(dataset, fails_after_warmup, tmp_path, capsys):
+    """The model fails inside LoadGen's run (after the warm-up): no result, a BenchmarkError."""
+    (tmp_path / "result.json").write_text('{"stale": true}\n')  # from an earlier run
+    failing = fails_after_warmup
 
     cfg = BenchConfig(duration_ms=DURATION_MS, fast=True, count_samples=100)
     with pytest.raises(BenchmarkError, match="boom"):
@@ -324,12 +338,9 @@ def test_wrong_number_of_predictions_fails_the_run(dataset, predictor, tmp_path,
     capsys.readouterr()
 
 
-def test_a_run_after_a_failed_run_works(dataset, predictor, tmp_path):
+def test_a_run_after_a_failed_run_works(dataset, predictor, fails_after_warmup, tmp_path):
     """LoadGen is process-wide: a void run must leave it usable."""
-    def failing(dense, sparse):
-        if _in_sut_worker():
-            raise RuntimeError("boom")
-        return predictor(dense, sparse)
+    failing = fails_after_warmup
 
     cfg = BenchConfig(scenario="SingleStream", duration_ms=DURATION_MS, fast=True, count_samples=50)
     with pytest.raises(BenchmarkError):

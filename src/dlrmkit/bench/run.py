@@ -49,10 +49,11 @@ def calibrate(predict: Predict, qsl: SampleLibrary, max_batchsize: int, threads:
         except Exception as e:  # noqa: BLE001 - re-raised in the calling thread below
             failures.append(e)
 
-    workers = [threading.Thread(target=work) for _ in range(threads)]
+    workers = [threading.Thread(target=work) for _ in range(threads - 1)]
     start = time.perf_counter()
     for w in workers:
         w.start()
+    work()  # the calling thread serves too, as in SystemUnderTest.run
     for w in workers:
         w.join()
     if failures:
@@ -117,11 +118,10 @@ def run_benchmark(predict: Predict, split: SplitArrays, cfg: BenchConfig, aggreg
     log(f"LoadGen: {cfg.scenario} {cfg.test_mode}, {cfg.threads} worker thread(s), "
         f"max batch {cfg.max_batchsize} samples")
     started = time.perf_counter()
-    sut.start()
     try:
-        lg.StartTestWithLogSettings(lg_sut, lg_qsl, resolved.settings, log_settings, str(out / "audit.config"))
+        sut.run(lambda: lg.StartTestWithLogSettings(lg_sut, lg_qsl, resolved.settings, log_settings,
+                                                    str(out / "audit.config")))
     finally:
-        sut.stop()
         lg.DestroyQSL(lg_qsl)
         lg.DestroySUT(lg_sut)
     wall = time.perf_counter() - started
