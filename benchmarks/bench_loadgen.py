@@ -68,8 +68,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="Server target QPS tried, as fractions of the best Offline samples/s")
     p.add_argument("--out", default="runs/bench_loadgen")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--no-retain-memory", action="store_true",
+                   help="leave glibc's malloc thresholds alone (the CLI raises them)")
     args = p.parse_args(argv)
-    retain_freed_memory()  # as the dlrmkit CLI does
+    if not args.no_retain_memory:
+        retain_freed_memory()  # as the dlrmkit CLI does
     out = Path(args.out)
     data = out / "data"
     if not (data / "metadata.json").exists():
@@ -90,7 +93,15 @@ def main(argv: list[str] | None = None) -> int:
                 "expected_qps": r["effective_target_qps"], "query_samples": r["effective_samples_per_query"],
                 "validity": r["result_validity"], "max_batchsize": bs, "threads": threads}
 
-    results: dict = {"rows": args.rows, "test_pairs": len(split), "duration_ms": args.duration, "offline": {}}
+    results: dict = {"rows": args.rows, "test_pairs": len(split), "duration_ms": args.duration, "offline": {},
+                     "retain_freed_memory": not args.no_retain_memory}
+    # One model call per LoadGen batch, or calls of 2048 pairs (TorchPredictor's CPU default)?
+    whole = TorchPredictor(predictor.model, max_pairs_per_call=1 << 62)
+    results["bare_128_whole"] = model_only(whole, split, 128)
+    results["bare_128_chunked"] = model_only(predictor, split, 128)
+    print(f"bare model, 128-sample batches (~35k pairs): {results['bare_128_whole']:,.1f} samples/s in one call, "
+          f"{results['bare_128_chunked']:,.1f} in calls of {predictor.max_pairs_per_call} pairs "
+          f"(x{results['bare_128_chunked'] / results['bare_128_whole']:.2f})", flush=True)
     for bs in (int(b) for b in args.batch_sizes.split(",")):
         torch.set_num_threads(2)
         bare = model_only(predictor, split, bs)  # one caller, the main thread, 2 torch threads
