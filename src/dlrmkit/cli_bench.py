@@ -136,7 +136,7 @@ def run_bench(args) -> int:
     log = (lambda _: None) if args.quiet else print
     result = run_benchmark(predictor, dataset.split(args.split), cfg, aggregation, args.output,
                            trace_file=args.samples_to_aggregate_trace_file, plots=not args.no_plots,
-                           describe=describe, log=log)
+                           describe=describe, log=log, progress=not args.quiet)
     if args.quiet:
         print(result["summary_string"])
     print(f"wrote {Path(args.output) / 'result.json'} and LoadGen's logs")

@@ -24,6 +24,7 @@ from dlrmkit.config import AggregationConfig, BenchConfig
 from dlrmkit.data.dataset import SplitArrays, write_json_atomic
 from dlrmkit.errors import BenchmarkError
 from dlrmkit.metrics import roc_auc
+from dlrmkit.progress import Progress
 
 RESULT_FILE = "result.json"
 TRACE_FILE = "dlrm_trace_of_aggregated_samples.txt"
@@ -82,7 +83,7 @@ def _host() -> dict:
 def run_benchmark(predict: Predict, split: SplitArrays, cfg: BenchConfig, aggregation: AggregationConfig,
                   out: str | Path, *, reference_predict: Predict | None = None,
                   trace_file: str | Path | None = None, plots: bool = True, describe: dict | None = None,
-                  log: Callable[[str], None] = print) -> dict:
+                  log: Callable[[str], None] = print, progress: bool = False) -> dict:
     """Run LoadGen on ``predict`` over the split's pairs; writes OUT/result.json and returns it.
 
     ``reference_predict`` (the FP32 model) sets the accuracy threshold when ``cfg.reference_auc``
@@ -108,7 +109,15 @@ def run_benchmark(predict: Predict, split: SplitArrays, cfg: BenchConfig, aggreg
     log(f"warm-up: {calibrated:,.0f} samples/s in batches of {min(cfg.max_batchsize, count)} samples; "
         f"target QPS from {resolved.expected_qps_source}")
 
-    sut = SystemUnderTest(predict, qsl, cfg.max_batchsize, cfg.threads)
+    meter = None
+    if progress:
+        # accuracy runs answer every sample once; performance runs last the minimum duration
+        total = count if cfg.test_mode == "AccuracyOnly" else None
+        meter = Progress(total, "samples", f"LoadGen {cfg.scenario}", interval_s=2.0)
+        if total is None:
+            log(f"performance run: at least {resolved.settings.min_duration_ms / 1000:g} s "
+                f"and {resolved.settings.min_query_count} queries")
+    sut = SystemUnderTest(predict, qsl, cfg.max_batchsize, cfg.threads, progress=meter)
     log_settings = lg.LogSettings()
     log_settings.log_output.outdir = str(out)
     log_settings.log_output.copy_summary_to_stdout = False
@@ -125,6 +134,8 @@ def run_benchmark(predict: Predict, split: SplitArrays, cfg: BenchConfig, aggreg
         lg.DestroyQSL(lg_qsl)
         lg.DestroySUT(lg_sut)
     wall = time.perf_counter() - started
+    if meter is not None:
+        meter.close()
     if sut.error is not None:
         last = sut.error.strip().splitlines()[-1]
         raise BenchmarkError(f"the system under test failed, no result written ({last}); LoadGen logs in {out}")

@@ -19,6 +19,7 @@ import mlperf_loadgen as lg
 import numpy as np
 
 from dlrmkit.bench.qsl import SampleLibrary
+from dlrmkit.progress import Progress, human
 
 Predict = Callable[[np.ndarray, np.ndarray], np.ndarray]
 RESPONSE_FLOATS = 2  # (prediction, label) per pair
@@ -83,12 +84,13 @@ class SystemUnderTest:
     """Worker threads pull batches of samples, gather their pairs, predict, and respond."""
 
     def __init__(self, predict: Predict, qsl: SampleLibrary, max_batchsize: int, threads: int,
-                 clock: Callable[[], int] = time.perf_counter_ns):
+                 clock: Callable[[], int] = time.perf_counter_ns, progress: Progress | None = None):
         self.predict = predict
         self.qsl = qsl
         self.max_batchsize = max_batchsize
         self.threads = threads
         self.clock = clock
+        self.progress = progress
         self.stats = SutStats()
         self.error: str | None = None  # the first failure, with its traceback
         self._queue = TaskQueue()
@@ -168,6 +170,9 @@ class SystemUnderTest:
             self.stats.samples += len(ids)
             self.stats.pairs += int(out.shape[0]) if out is not None else 0
             self.stats.timings.extend((task.issued_ns, done, len(task)) for task in batch)
+            if self.progress is not None:
+                elapsed = max(self.progress.clock() - self.progress.start, 1e-9)
+                self.progress.update(len(ids), f"{human(self.stats.pairs / elapsed)} pairs/s")
 
     def _predict(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         dense, sparse, labels, sizes = self.qsl.gather(samples)
