@@ -37,9 +37,14 @@ def setup(tmp_path_factory):
     return data, checkpoint, model
 
 
-def _bench(setup, out: Path, *extra: str) -> int:
+FP32 = ["--embeddings", "fp32", "--mlp", "fp32"]
+
+
+def _bench(setup, out: Path, *extra: str, precision: list[str] = FP32) -> int:
+    """A bench run, FP32 unless told (the harness's numbers are compared with FP32 references)."""
     data, checkpoint, _ = setup
-    return main(["bench", "--checkpoint", str(checkpoint), "--data", str(data), "--output", str(out), *extra])
+    return main(["bench", "--checkpoint", str(checkpoint), "--data", str(data), "--output", str(out),
+                 *precision, *extra])
 
 
 def _one_error_line(err: str, command: str) -> str:
@@ -56,14 +61,16 @@ def _mlperf_offsets(data: Path) -> np.ndarray:
 
 
 def test_bench_performance(setup, tmp_path, capsys):
+    """Without precision flags the config version's precision runs (default: int8 tables, bf16 MLPs)."""
     out = tmp_path / "out"
-    assert _bench(setup, out, *FAST) == 0
+    assert _bench(setup, out, *FAST, precision=[]) == 0
     captured = capsys.readouterr()
     result = json.loads((out / "result.json").read_text())
     assert result["scenario"] == "Offline" and result["test_mode"] == "PerformanceOnly"
     assert result["result_samples_per_second"] > 0
     assert result["checkpoint_format"] == "dlrmkit" and result["checkpoint"] == str(setup[1])
-    assert result["split"] == "test" and result["sut"]["backend"] == "pytorch-fp32"
+    assert result["split"] == "test" and result["sut"]["backend"] == "pytorch emb-int8-rowwise mlp-bf16"
+    assert result["precision"] == {"embeddings": "int8-rowwise", "mlp": "bf16"}
     assert result["qsl"]["aggregation"]["rule"] == "quantile"
     assert result["qsl"]["aggregation"]["quantile"] == list(MLPERF_QUERY_SIZE_QUANTILE)
     offsets = _mlperf_offsets(setup[0])
@@ -295,7 +302,7 @@ def test_reference_checkpoint_accuracy_equals_naive_float64(setup, tmp_path, cap
 
     out = tmp_path / "out"
     rc = main(["bench", "--checkpoint", str(checkpoint), "--data", str(data), "--output", str(out), *FAST,
-               "--accuracy", "--count-samples", "8", "--quiet"])
+               *FP32, "--accuracy", "--count-samples", "8", "--quiet"])
     assert rc == 0, capsys.readouterr().err
     capsys.readouterr()
     result = json.loads((out / "result.json").read_text())

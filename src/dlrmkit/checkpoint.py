@@ -32,8 +32,6 @@ def save_checkpoint(path: str | os.PathLike, model: DLRM, model_config: ModelCon
                     optimizer_state: dict | None = None, train_state: dict | None = None,
                     train_config: dict | None = None, extra: dict | None = None) -> Path:
     """Write atomically: to a temporary name beside ``path``, fsync, then rename over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -45,6 +43,13 @@ def save_checkpoint(path: str | os.PathLike, model: DLRM, model_config: ModelCon
         "rng": {"torch": torch.get_rng_state()},
         "extra": extra or {},
     }
+    return write_atomic(path, payload)
+
+
+def write_atomic(path: str | os.PathLike, payload: dict) -> Path:
+    """torch.save to a temporary name beside ``path``, fsync, then rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
         torch.save(payload, f)
@@ -64,6 +69,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     except Exception as e:  # torch raises several types for truncated or foreign files
         raise CheckpointError(f"{path}: cannot be read as a checkpoint (truncated or corrupt?): "
                               f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    return validate_checkpoint(ckpt, path)
+
+
+def validate_checkpoint(ckpt, path) -> dict:
+    """``ckpt`` (a loaded payload) if it is a dlrmkit checkpoint of a readable version."""
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path}: not a dlrmkit checkpoint (format {ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r})")
     if ckpt.get("format_version") != FORMAT_VERSION:

@@ -8,6 +8,7 @@ turns errors into one clear line and a non-zero exit code.
     dlrmkit import    data processed by the DLRM reference tools -> a dlrmkit dataset
     dlrmkit bench     MLPerf LoadGen run of a checkpoint (all scenarios, performance and accuracy)
     dlrmkit accuracy  AUC from LoadGen's accuracy log
+    dlrmkit quantize  a trained checkpoint -> an inference checkpoint (int8 tables, int8/bf16 MLPs)
     dlrmkit demo      the whole road on built-in defaults (synth -> train -> evaluate -> bench)
 """
 
@@ -180,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_import(sub)
     cli_bench.add_bench(sub, _positive_int)
     cli_bench.add_accuracy(sub)
+    cli_bench.add_quantize(sub)
     _add_demo(sub)
     return parser
 
@@ -306,7 +308,7 @@ def _run_demo(args) -> int:
 
 COMMANDS = {"synth": _run_synth, "train": _run_train, "evaluate": _run_evaluate,
             "preprocess": _run_preprocess, "import": _run_import, "demo": _run_demo,
-            "bench": cli_bench.run_bench, "accuracy": cli_bench.run_accuracy}
+            "bench": cli_bench.run_bench, "accuracy": cli_bench.run_accuracy, "quantize": cli_bench.run_quantize}
 
 
 def main(argv: list[str] | None = None) -> int:

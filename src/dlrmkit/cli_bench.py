@@ -6,8 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
-from dlrmkit.config import (ACCURACY_TARGETS, MLPERF_DLRM_REFERENCE_AUC, MLPERF_QUERY_SIZE_QUANTILE, SCENARIOS,
-                            TEST_MODES, AggregationConfig, BenchConfig)
+from dlrmkit.config import (ACCURACY_TARGETS, EMBEDDING_PRECISIONS, MLP_PRECISIONS, MLPERF_DLRM_REFERENCE_AUC,
+                            MLPERF_QUERY_SIZE_QUANTILE, PRECISION_FOR_CONFIG_VER, SCENARIOS, TEST_MODES,
+                            AggregationConfig, BenchConfig, Precision)
+from dlrmkit.errors import ConfigError
 
 # As in the reference harness: a profile fills in options the command line leaves out.
 PROFILES = {
@@ -35,6 +37,10 @@ def add_bench(sub, positive_int) -> None:
     p.add_argument("--threads", type=positive_int, default=1, help="SUT worker threads")
     p.add_argument("--intra-op-threads", type=positive_int, help="torch threads per worker (default: all cores)")
     p.add_argument("--device", default="cpu", help="torch device of the model (cpu, cuda)")
+    p.add_argument("--embeddings", choices=EMBEDDING_PRECISIONS,
+                   help="table precision (default: the config version's, "
+                        + ", ".join(f"{k}: {v}" for k, v in PRECISION_FOR_CONFIG_VER.items()) + ")")
+    p.add_argument("--mlp", choices=MLP_PRECISIONS, help="MLP precision (default: the config version's)")
     p.add_argument("--max-pairs-per-call", type=positive_int,
                    help="split model calls into chunks of this many pairs (default: 2048 on CPU, none on GPU)")
     p.add_argument("--samples-per-query-offline", type=positive_int,
@@ -109,33 +115,60 @@ def bench_config_from_args(args) -> BenchConfig:
         mlperf_conf=args.mlperf_conf, user_conf=args.user_conf, reference_auc=pick("reference_auc"))
 
 
+def resolve_precision(args, checkpoint_precision: Precision, kind: str) -> Precision:
+    """The checkpoint's own precision when it is quantized; otherwise the flags, or the config
+    version's precision when no flag is given (a missing one of the two flags means FP32)."""
+    if kind == "inference":
+        wanted = Precision(args.embeddings or checkpoint_precision.embeddings, args.mlp or checkpoint_precision.mlp)
+        if wanted != checkpoint_precision:
+            raise ConfigError(f"{args.checkpoint} is already quantized ({checkpoint_precision}); "
+                              f"give its FP32 checkpoint to run {wanted}")
+        return checkpoint_precision
+    if args.embeddings is None and args.mlp is None:
+        return PRECISION_FOR_CONFIG_VER[args.config_ver]
+    return Precision(args.embeddings or "fp32", args.mlp or "fp32")
+
+
 def run_bench(args) -> int:
     import torch
 
     from dlrmkit.bench.run import run_benchmark
     from dlrmkit.data.dataset import Dataset
-    from dlrmkit.infer import TorchPredictor
-    from dlrmkit.reference_checkpoint import load_any_model
+    from dlrmkit.infer import LazyPredictor, TorchPredictor
+    from dlrmkit.infer.quantize import embedding_bytes, load_for_inference, quantize_model
     from dlrmkit.train.loop import check_tables
 
     try:
         cfg = bench_config_from_args(args)
     except argparse.ArgumentTypeError as e:
-        from dlrmkit.errors import ConfigError
-
         raise ConfigError(str(e)) from None
     aggregation = aggregation_from_args(args, PROFILES.get(args.profile, {}))
     if args.intra_op_threads:
         torch.set_num_threads(args.intra_op_threads)
     dataset = Dataset(args.data)
-    model, model_cfg, kind = load_any_model(args.checkpoint)
+    model, model_cfg, checkpoint_precision, kind, fp32_source = load_for_inference(args.checkpoint)
     check_tables(model_cfg, dataset)
-    predictor = TorchPredictor(model, model_cfg.max_index_range, args.device, args.max_pairs_per_call)
+    precision = resolve_precision(args, checkpoint_precision, kind)
+    if cfg.test_mode == "AccuracyOnly" and cfg.reference_auc is None and not precision.is_fp32 \
+            and (fp32_source is None or not Path(fp32_source).is_file()):
+        raise ConfigError(f"{args.checkpoint} is quantized and its FP32 checkpoint ({fp32_source}) is not at hand "
+                          f"to measure the reference AUC; give --reference-auc")
+
+    def fp32_predictor() -> TorchPredictor:
+        fp32_model, fp32_cfg, _, _, _ = load_for_inference(fp32_source)
+        return TorchPredictor(fp32_model, fp32_cfg.max_index_range, args.device, args.max_pairs_per_call)
+
+    quantize_model(model, precision)
+    predictor = TorchPredictor(model, model_cfg.max_index_range, args.device, args.max_pairs_per_call, precision)
+    reference = None if precision.is_fp32 else LazyPredictor(fp32_predictor)
     describe = {"checkpoint": str(args.checkpoint), "checkpoint_format": kind, "model": model_cfg.to_dict(),
-                "data": str(args.data), "split": args.split, "profile": args.profile}
+                "data": str(args.data), "split": args.split, "profile": args.profile,
+                "precision": precision.to_dict(), "embedding_bytes": embedding_bytes(model)}
+    if not args.quiet:
+        print(f"model: {kind} checkpoint {args.checkpoint}; {precision}; tables {embedding_bytes(model) / 2**20:,.1f} MiB")
     log = (lambda _: None) if args.quiet else print
     result = run_benchmark(predictor, dataset.split(args.split), cfg, aggregation, args.output,
-                           trace_file=args.samples_to_aggregate_trace_file, plots=not args.no_plots,
+                           reference_predict=reference, trace_file=args.samples_to_aggregate_trace_file, plots=not args.no_plots,
                            describe=describe, log=log, progress=not args.quiet)
     if args.quiet:
         print(result["summary_string"])
@@ -169,3 +202,31 @@ def run_accuracy(args) -> int:
         Path(args.output).write_text(json.dumps(metrics, indent=2) + "\n")
     passed = metrics.get("accuracy_pass", True)
     return 0 if passed else 1
+
+
+def add_quantize(sub) -> None:
+    p = sub.add_parser("quantize", help="a trained checkpoint -> an inference checkpoint (int8 tables, int8/bf16 MLPs)")
+    p.add_argument("--checkpoint", required=True, help="dlrmkit or DLRM-reference FP32 checkpoint")
+    p.add_argument("--out", required=True)
+    p.add_argument("--embeddings", choices=EMBEDDING_PRECISIONS,
+                   help="int8-rowwise: a scale and offset per row; int8-table: one symmetric scale per table")
+    p.add_argument("--mlp", choices=MLP_PRECISIONS, help="int8: dynamic quantization; bf16: autocast at run time")
+    p.add_argument("--config-ver", choices=tuple(ACCURACY_TARGETS), default="default",
+                   help="without --embeddings/--mlp: the precision this MLPerf config version runs")
+
+
+def run_quantize(args) -> int:
+    from dlrmkit.infer.quantize import embedding_bytes, load_for_inference, quantize_embeddings, save_inference_checkpoint
+
+    model, cfg, checkpoint_precision, kind, _ = load_for_inference(args.checkpoint)
+    if kind == "inference":
+        raise ConfigError(f"{args.checkpoint} is already quantized ({checkpoint_precision}); give an FP32 checkpoint")
+    precision = resolve_precision(args, checkpoint_precision, kind)
+    before = embedding_bytes(model)
+    if precision.embeddings != "fp32":
+        quantize_embeddings(model, precision.embeddings.removeprefix("int8-"))
+    after = embedding_bytes(model)
+    path = save_inference_checkpoint(args.out, model, cfg, precision, source=str(Path(args.checkpoint).resolve()))
+    print(f"wrote {path} ({path.stat().st_size / 2**20:,.1f} MiB): {precision}; tables "
+          f"{before / 2**20:,.1f} MiB -> {after / 2**20:,.1f} MiB ({before / after:.2f}x smaller)")
+    return 0

@@ -340,3 +340,38 @@ class BenchConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+EMBEDDING_PRECISIONS = ("fp32", "int8-rowwise", "int8-table")
+MLP_PRECISIONS = ("fp32", "bf16", "int8")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Number formats of an inference model: the tables and the MLPs (with the interaction)."""
+
+    embeddings: str = "fp32"
+    mlp: str = "fp32"
+
+    def __post_init__(self) -> None:
+        _require(self.embeddings in EMBEDDING_PRECISIONS,
+                 f"embeddings precision must be one of {EMBEDDING_PRECISIONS}, got {self.embeddings!r}")
+        _require(self.mlp in MLP_PRECISIONS, f"MLP precision must be one of {MLP_PRECISIONS}, got {self.mlp!r}")
+
+    @property
+    def is_fp32(self) -> bool:
+        return self.embeddings == "fp32" and self.mlp == "fp32"
+
+    def __str__(self) -> str:
+        return f"embeddings {self.embeddings}, MLPs {self.mlp}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# The precision each MLPerf config version runs unless told otherwise: the fastest whose AUC met
+# the target (99% / 99.9% of FP32) on the synthetic and real-row datasets (see BENCHMARKS.md).
+PRECISION_FOR_CONFIG_VER = {
+    "default": Precision("int8-rowwise", "bf16"),
+    "high_accuracy": Precision("int8-rowwise", "fp32"),
+}

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dlrmkit.checkpoint import FORMAT_NAME, load_checkpoint, load_model_state, model_from_checkpoint
+from dlrmkit.checkpoint import FORMAT_NAME, load_model_state, model_from_checkpoint, validate_checkpoint
 from dlrmkit.config import ModelConfig
 from dlrmkit.errors import CheckpointError, ConfigError
 from dlrmkit.model import DLRM, build_model
@@ -113,9 +113,13 @@ def load_any_model(path: str | Path) -> tuple[DLRM, ModelConfig, str]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
-    payload = load_reference_payload(path)
+    return model_from_payload(load_reference_payload(path), path)
+
+
+def model_from_payload(payload, path: str | Path) -> tuple[DLRM, ModelConfig, str]:
+    """What load_any_model builds, from a payload already read from ``path``."""
     if isinstance(payload, dict) and payload.get("format") == FORMAT_NAME:
-        model, cfg = model_from_checkpoint(load_checkpoint(path), str(path))
+        model, cfg = model_from_checkpoint(validate_checkpoint(payload, path), str(path))
         return model, cfg, "dlrmkit"
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path}: holds a {type(payload).__name__}, not a checkpoint dict")

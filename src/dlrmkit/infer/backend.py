@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from dlrmkit.config import Precision
 from dlrmkit.data.loader import cap_indices
 from dlrmkit.model import DLRM
 
@@ -20,15 +21,16 @@ DEFAULT_MAX_PAIRS_PER_CALL = 2048
 
 
 class TorchPredictor:
-    """A DLRM in eager PyTorch, FP32."""
-
-    name = "pytorch-fp32"
+    """A DLRM in eager PyTorch; bf16 MLPs run under autocast (int8 parts are in the model itself)."""
 
     def __init__(self, model: DLRM, max_index_range: int | None = None, device: str = "cpu",
-                 max_pairs_per_call: int | None = None):
+                 max_pairs_per_call: int | None = None, precision: Precision | None = None):
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         self.max_index_range = max_index_range
+        self.precision = precision or Precision()
+        self.name = f"pytorch emb-{self.precision.embeddings} mlp-{self.precision.mlp}"
+        self._bf16 = self.precision.mlp == "bf16"
         if max_pairs_per_call is None:  # accelerators want whole batches
             max_pairs_per_call = DEFAULT_MAX_PAIRS_PER_CALL if self.device.type == "cpu" else 1 << 62
         self.max_pairs_per_call = max_pairs_per_call
@@ -42,6 +44,22 @@ class TorchPredictor:
         out = torch.empty(dense.shape[0], dtype=torch.float32)  # (P,)
         step = self.max_pairs_per_call
         for lo in range(0, dense.shape[0], step):
-            logits = self.model(dense_t[lo : lo + step].to(self.device), sparse_t[lo : lo + step].to(self.device))
-            out[lo : lo + step] = torch.sigmoid(logits).float().cpu()
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16):
+                logits = self.model(dense_t[lo : lo + step].to(self.device), sparse_t[lo : lo + step].to(self.device))
+            out[lo : lo + step] = torch.sigmoid(logits.float()).cpu()
         return out.numpy()
+
+
+class LazyPredictor:
+    """A predictor built on first use (e.g. the FP32 reference model, needed in accuracy runs only)."""
+
+    def __init__(self, build):
+        self._build = build
+        self._predictor = None
+        self.name = "lazy"
+
+    def __call__(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
+        if self._predictor is None:
+            self._predictor = self._build()
+            self.name = getattr(self._predictor, "name", self.name)
+        return self._predictor(dense, sparse)

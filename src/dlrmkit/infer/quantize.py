@@ -1,0 +1,115 @@
+"""Post-training quantization of a trained DLRM for inference, and its checkpoint format.
+
+``quantize_model`` swaps the tables for int8 ones (row-wise or per-table scales) and, for int8
+MLPs, the Linear layers for dynamically quantized ones; bf16 MLPs are a run-time choice (autocast,
+see TorchPredictor), so their weights stay FP32 in the file. The inference checkpoint records
+its precision and the model config; MLP int8 weights are re-derived from FP32 at load (dynamic
+quantization is deterministic), so the file holds only the int8 tables and FP32 MLP weights.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dlrmkit.checkpoint import write_atomic
+from dlrmkit.config import ModelConfig, Precision
+from dlrmkit.errors import CheckpointError
+from dlrmkit.model import DLRM, build_model
+from dlrmkit.model.quantized import QuantizedEmbeddingTables, quantize
+
+INFERENCE_FORMAT = "dlrmkit-inference"
+INFERENCE_VERSION = 1
+
+
+def quantize_embeddings(model: DLRM, scheme: str) -> None:
+    """Replace the model's FP32 tables by packed int8 ones (in place)."""
+    tables = model.embeddings
+    packed = quantize(tables.weight, tables.table_sizes, scheme)
+    model.embeddings = QuantizedEmbeddingTables(packed, tables.table_sizes, scheme)
+
+
+def quantize_mlps_dynamic(model: DLRM) -> None:
+    """Int8 weights, activations quantized per batch on the fly (in place)."""
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
+        model.bottom = quantize_dynamic(model.bottom, {nn.Linear}, dtype=torch.qint8)
+        model.top = quantize_dynamic(model.top, {nn.Linear}, dtype=torch.qint8)
+
+
+def quantize_model(model: DLRM, precision: Precision) -> DLRM:
+    """The model in ``precision`` for inference (modifies and returns ``model``, in eval mode)."""
+    model.eval()
+    if precision.embeddings != "fp32" and not isinstance(model.embeddings, QuantizedEmbeddingTables):
+        quantize_embeddings(model, precision.embeddings.removeprefix("int8-"))
+    if precision.mlp == "int8":
+        quantize_mlps_dynamic(model)
+    return model
+
+
+def embedding_bytes(model: DLRM) -> int:
+    tables = model.embeddings
+    if isinstance(tables, QuantizedEmbeddingTables):
+        return tables.memory_bytes()
+    return tables.weight.numel() * tables.weight.element_size()
+
+
+def save_inference_checkpoint(path: str | os.PathLike, model: DLRM, cfg: ModelConfig, precision: Precision,
+                              source: str | None = None) -> Path:
+    """Write the quantized tables and FP32 MLP weights; ``model`` must not have int8 MLPs yet."""
+    state = {k: v for k, v in model.state_dict().items()}
+    payload = {"format": INFERENCE_FORMAT, "version": INFERENCE_VERSION, "model_config": cfg.to_dict(),
+               "precision": precision.to_dict(), "state_dict": state, "source_checkpoint": source}
+    return write_atomic(path, payload)
+
+
+def is_inference_payload(payload) -> bool:
+    return isinstance(payload, dict) and payload.get("format") == INFERENCE_FORMAT
+
+
+def model_from_inference_payload(payload: dict, source: str) -> tuple[DLRM, ModelConfig, Precision]:
+    if payload.get("version") != INFERENCE_VERSION:
+        raise CheckpointError(f"{source}: inference checkpoint version {payload.get('version')}, "
+                              f"this dlrmkit reads version {INFERENCE_VERSION}")
+    try:
+        cfg = ModelConfig.from_dict(payload["model_config"])
+        precision = Precision(**payload["precision"])
+        state = payload["state_dict"]
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{source}: incomplete inference checkpoint ({e})") from None
+    model = build_model(cfg, sparse_grad=False)
+    if precision.embeddings != "fp32":
+        packed = state.get("embeddings.packed")
+        if packed is None:
+            raise CheckpointError(f"{source}: no embeddings.packed tensor for {precision.embeddings} tables")
+        try:
+            model.embeddings = QuantizedEmbeddingTables(packed, cfg.effective_table_sizes,
+                                                        precision.embeddings.removeprefix("int8-"))
+        except ValueError as e:
+            raise CheckpointError(f"{source}: {e}") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{source}: tensors missing {missing[:5]} or unexpected {unexpected[:5]}")
+    return quantize_model(model, precision), cfg, precision
+
+
+def load_for_inference(path: str | os.PathLike) -> tuple[DLRM, ModelConfig, Precision, str, str | None]:
+    """(model, config, precision, kind, FP32 source checkpoint) from any checkpoint dlrmkit reads:
+    its own (kind "dlrmkit"), the DLRM reference's ("reference"), or an inference one ("inference")."""
+    from dlrmkit.reference_checkpoint import load_reference_payload, model_from_payload
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    payload = load_reference_payload(path)
+    if is_inference_payload(payload):
+        model, cfg, precision = model_from_inference_payload(payload, str(path))
+        return model, cfg, precision, "inference", payload.get("source_checkpoint")
+    model, cfg, kind = model_from_payload(payload, path)
+    return model.eval(), cfg, Precision(), kind, str(path)

@@ -1,0 +1,119 @@
+"""Int8 embedding tables: pure quantization primitives and a module with EmbeddingTables' interface.
+
+Storage is FBGEMM's "byte row-wise" layout, one row per table row: D uint8 codes, then a float32
+scale and a float32 bias, so that row = codes * scale + bias. Two schemes fill it:
+
+- ``rowwise``: each row's own [min, max] spans the 256 codes (scale = (max - min) / 255);
+- ``table``: one symmetric range per table, its largest magnitude M mapped to 127.5
+  (scale = M / 127.5, bias = -127.5 * scale), the same for every row of the table.
+
+Either way a dequantized element is within half a step (scale / 2) of the original, and a bag of
+n rows within n * scale / 2 per element. Shapes: R rows in all, D dim, B batch, F tables.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SCHEMES = ("rowwise", "table")
+_LEVELS = 255.0
+
+
+def quantize_rowwise(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(codes uint8 (R, D), scale (R,), bias (R,)) with each row's min..max over 0..255."""
+    w = weight.detach().float()
+    lo, hi = w.min(dim=1).values, w.max(dim=1).values  # (R,)
+    scale = (hi - lo) / _LEVELS
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # a constant row: codes 0, exact
+    codes = torch.round((w - lo[:, None]) / scale[:, None]).clamp_(0, 255).to(torch.uint8)
+    return codes, scale, lo
+
+
+def quantize_per_table(weight: torch.Tensor, table_sizes: tuple[int, ...]
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(codes, scale, bias) per row, one symmetric scale per table: max |w| maps to 127.5."""
+    w = weight.detach().float()
+    sizes = torch.tensor(table_sizes, device=w.device)
+    table_of_row = torch.repeat_interleave(torch.arange(len(table_sizes), device=w.device), sizes)  # (R,)
+    magnitude = torch.zeros(len(table_sizes), device=w.device).scatter_reduce(
+        0, table_of_row, w.abs().amax(dim=1), reduce="amax")  # (F,)
+    step = magnitude / 127.5
+    step = torch.where(step > 0, step, torch.ones_like(step))[table_of_row]  # (R,)
+    codes = torch.round(w / step[:, None] + 127.5).clamp_(0, 255).to(torch.uint8)
+    return codes, step, -127.5 * step
+
+
+def pack(codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The byte row-wise layout: (R, D + 8) uint8 = codes | scale as 4 bytes | bias as 4 bytes."""
+    tail = torch.stack([scale.float(), bias.float()], dim=1).contiguous().view(torch.uint8)  # (R, 8)
+    return torch.cat([codes, tail], dim=1).contiguous()
+
+
+def unpack(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    codes = packed[:, :-8]
+    tail = packed[:, -8:].contiguous().view(torch.float32)  # (R, 2)
+    return codes, tail[:, 0], tail[:, 1]
+
+
+def dequantize(packed: torch.Tensor) -> torch.Tensor:
+    """(R, D) float32 rows back from the packed layout."""
+    codes, scale, bias = unpack(packed)
+    return codes.float() * scale[:, None] + bias[:, None]
+
+
+def quantize(weight: torch.Tensor, table_sizes: tuple[int, ...], scheme: str) -> torch.Tensor:
+    """Packed int8 rows of a fused table weight under ``scheme`` (rowwise or table)."""
+    if scheme == "rowwise":
+        return pack(*quantize_rowwise(weight))
+    if scheme == "table":
+        return pack(*quantize_per_table(weight, table_sizes))
+    raise ValueError(f"unknown int8 scheme {scheme!r}; expected one of {SCHEMES}")
+
+
+def _fused_kernel_available(device: torch.device) -> bool:
+    return device.type == "cpu" and hasattr(torch.ops.quantized, "embedding_bag_byte_rowwise_offsets")
+
+
+class QuantizedEmbeddingTables(nn.Module):
+    """Int8 tables, dequantized on lookup; forward as EmbeddingTables' (pooled (B, F, D) float32)."""
+
+    def __init__(self, packed: torch.Tensor, table_sizes: tuple[int, ...], scheme: str):
+        super().__init__()
+        if packed.dtype != torch.uint8 or packed.dim() != 2 or packed.shape[1] <= 8:
+            raise ValueError(f"packed int8 tables must be (rows, dim + 8) uint8, got {tuple(packed.shape)} {packed.dtype}")
+        if packed.shape[0] != sum(table_sizes):
+            raise ValueError(f"packed tables hold {packed.shape[0]} rows, the table sizes {sum(table_sizes)}")
+        self.table_sizes = tuple(int(t) for t in table_sizes)
+        self.dim = packed.shape[1] - 8
+        self.scheme = scheme
+        self.register_buffer("packed", packed)
+        offsets = torch.tensor((0,) + self.table_sizes[:-1], dtype=torch.int64).cumsum(0)
+        self.register_buffer("row_offsets", offsets, persistent=False)  # (F,)
+
+    def forward(self, indices: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
+        num_tables = len(self.table_sizes)
+        if offsets is None:
+            batch = indices.shape[0]
+            rows = (indices + self.row_offsets).reshape(-1)  # (B*F,) one row per bag
+            bags = torch.arange(rows.shape[0], device=rows.device)
+            return self._bags(rows, bags).view(batch, num_tables, self.dim)  # (B, F, D)
+        batch = offsets.shape[0] // num_tables
+        bag_lengths = torch.diff(offsets, append=offsets.new_tensor([indices.shape[0]]))
+        table_of_bag = torch.arange(num_tables, device=indices.device).repeat_interleave(batch)
+        rows = indices + self.row_offsets[table_of_bag].repeat_interleave(bag_lengths)
+        pooled = self._bags(rows, offsets)  # (F*B, D)
+        return pooled.view(num_tables, batch, self.dim).transpose(0, 1)  # (B, F, D)
+
+    def _bags(self, rows: torch.Tensor, bag_offsets: torch.Tensor) -> torch.Tensor:
+        """Sum-pooled dequantized rows per bag: (bags, D) float32."""
+        if _fused_kernel_available(self.packed.device):
+            return torch.ops.quantized.embedding_bag_byte_rowwise_offsets(
+                self.packed, rows, bag_offsets, False, 0, False, None, None, False)
+        codes, scale, bias = unpack(self.packed)
+        gathered = codes[rows].float() * scale[rows, None] + bias[rows, None]  # (N, D)
+        return F.embedding_bag(torch.arange(rows.shape[0], device=rows.device), gathered, bag_offsets, mode="sum")
+
+    def memory_bytes(self) -> int:
+        return self.packed.numel()
