@@ -18,6 +18,7 @@ PROFILES = {
                               "quantile": MLPERF_QUERY_SIZE_QUANTILE, "reference_auc": MLPERF_DLRM_REFERENCE_AUC},
 }
 DEFAULT_MAX_BATCHSIZE = 128
+BACKENDS = ("torch", "torch-compile", "onnxruntime")
 
 
 def add_bench(sub, positive_int) -> None:
@@ -37,6 +38,9 @@ def add_bench(sub, positive_int) -> None:
     p.add_argument("--threads", type=positive_int, default=1, help="SUT worker threads")
     p.add_argument("--intra-op-threads", type=positive_int, help="torch threads per worker (default: all cores)")
     p.add_argument("--device", default="cpu", help="torch device of the model (cpu, cuda)")
+    p.add_argument("--backend", choices=BACKENDS, default="torch",
+                   help="torch: eager PyTorch; torch-compile: torch.compile (inductor); onnxruntime: the model "
+                        "exported to OUTPUT/model.onnx, run by ONNX Runtime (FP32 only)")
     p.add_argument("--embeddings", choices=EMBEDDING_PRECISIONS,
                    help="table precision (default: the config version's, "
                         + ", ".join(f"{k}: {v}" for k, v in PRECISION_FOR_CONFIG_VER.items()) + ")")
@@ -125,6 +129,8 @@ def resolve_precision(args, checkpoint_precision: Precision, kind: str) -> Preci
                               f"give its FP32 checkpoint to run {wanted}")
         return checkpoint_precision
     if args.embeddings is None and args.mlp is None:
+        if getattr(args, "backend", "torch") == "onnxruntime":
+            return Precision()  # the ONNX export is FP32
         return PRECISION_FOR_CONFIG_VER[args.config_ver]
     return Precision(args.embeddings or "fp32", args.mlp or "fp32")
 
@@ -149,7 +155,7 @@ def run_bench(args) -> int:
     model, model_cfg, checkpoint_precision, kind, fp32_source = load_for_inference(args.checkpoint)
     check_tables(model_cfg, dataset)
     precision = resolve_precision(args, checkpoint_precision, kind)
-    if cfg.test_mode == "AccuracyOnly" and cfg.reference_auc is None and not precision.is_fp32 \
+    if cfg.test_mode == "AccuracyOnly" and cfg.reference_auc is None and kind == "inference" \
             and (fp32_source is None or not Path(fp32_source).is_file()):
         raise ConfigError(f"{args.checkpoint} is quantized and its FP32 checkpoint ({fp32_source}) is not at hand "
                           f"to measure the reference AUC; give --reference-auc")
@@ -158,12 +164,23 @@ def run_bench(args) -> int:
         fp32_model, fp32_cfg, _, _, _ = load_for_inference(fp32_source)
         return TorchPredictor(fp32_model, fp32_cfg.max_index_range, args.device, args.max_pairs_per_call)
 
-    quantize_model(model, precision)
-    predictor = TorchPredictor(model, model_cfg.max_index_range, args.device, args.max_pairs_per_call, precision)
-    reference = None if precision.is_fp32 else LazyPredictor(fp32_predictor)
+    if args.backend == "onnxruntime":
+        from dlrmkit.infer.onnx_backend import OnnxPredictor, export_onnx
+
+        if not precision.is_fp32:
+            raise ConfigError(f"the onnxruntime backend runs FP32 models, not {precision}")
+        onnx_path = export_onnx(model, Path(args.output) / "model.onnx", model_cfg.num_dense)
+        predictor = OnnxPredictor(onnx_path, model_cfg.max_index_range, args.intra_op_threads or torch.get_num_threads(),
+                                  args.max_pairs_per_call)
+    else:
+        quantize_model(model, precision)
+        predictor = TorchPredictor(model, model_cfg.max_index_range, args.device, args.max_pairs_per_call, precision,
+                                   compile=args.backend == "torch-compile")
+    # the accuracy target is relative to eager FP32 PyTorch, whatever runs the benchmark
+    reference = None if precision.is_fp32 and args.backend == "torch" else LazyPredictor(fp32_predictor)
     describe = {"checkpoint": str(args.checkpoint), "checkpoint_format": kind, "model": model_cfg.to_dict(),
                 "data": str(args.data), "split": args.split, "profile": args.profile,
-                "precision": precision.to_dict(), "embedding_bytes": embedding_bytes(model)}
+                "precision": precision.to_dict(), "embedding_bytes": embedding_bytes(model), "backend": args.backend}
     if not args.quiet:
         print(f"model: {kind} checkpoint {args.checkpoint}; {precision}; tables {embedding_bytes(model) / 2**20:,.1f} MiB")
     log = (lambda _: None) if args.quiet else print

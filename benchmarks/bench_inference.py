@@ -1,0 +1,118 @@
+"""Inference variants side by side: FP32, bf16 and int8 MLPs, int8 tables (row-wise, per table).
+
+    python benchmarks/bench_inference.py [--shapes kaggle,terabyte] [--batch-size 2048] [--threads 2]
+        [--checkpoint CKPT --data DATA]   # also each variant's AUC on DATA's test split
+
+Speed: the TorchPredictor as `dlrmkit bench` runs it (numpy in, probabilities out, calls of 2048
+pairs), on random inputs: 26 tables of --rows-per-table rows, the kaggle shape (dim 16,
+13-512-256-64-16, 512-256-1) and the MLPerf terabyte shape (dim 128, 13-512-256-128,
+1024-1024-512-256-1). The DLRM reference script's forward ran 99k (kaggle) and 26k (terabyte)
+samples/s on this machine. Each figure is the median of --repeats timed runs after warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+
+from dlrmkit.config import Precision, preset
+from dlrmkit.infer import TorchPredictor
+from dlrmkit.infer.allocator import retain_freed_memory
+from dlrmkit.infer.quantize import embedding_bytes, quantize_model
+from dlrmkit.model import build_model
+from timing import seconds_per_call
+
+REFERENCE = {"kaggle": 99_000, "terabyte": 26_000}  # DLRM reference forward, samples/s, this machine
+VARIANTS = [Precision("fp32", "fp32"), Precision("fp32", "bf16"), Precision("int8-rowwise", "fp32"),
+            Precision("int8-table", "fp32"), Precision("int8-rowwise", "int8"), Precision("int8-rowwise", "bf16"),
+            Precision("int8-table", "bf16")]
+
+
+def mlp_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for n, p in model.named_parameters() if not n.startswith("embeddings"))
+
+
+def speed(shape: str, rows: int, batch: int, steps: int, repeats: int) -> list[dict]:
+    cfg = preset(shape, (rows,) * 26)
+    cfg = type(cfg)(**{**cfg.to_dict(), "max_index_range": None})
+    base = build_model(cfg, seed=0, sparse_grad=False).eval()
+    rng = np.random.default_rng(0)
+    dense = rng.random((batch, 13), dtype=np.float32)
+    sparse = rng.integers(0, rows, (batch, 26)).astype(np.int32)
+    out = []
+    for precision in VARIANTS:
+        model = quantize_model(copy.deepcopy(base), precision)
+        predict = TorchPredictor(model, precision=precision)
+        rate = batch / seconds_per_call(lambda: predict(dense, sparse), steps, 5, repeats)
+        row = {"shape": shape, "precision": precision.to_dict(), "samples_per_s": rate,
+               "vs_reference": rate / REFERENCE[shape], "table_mib": embedding_bytes(model) / 2**20,
+               "mlp_mib": mlp_bytes(base) / 2**20}
+        out.append(row)
+        print(f"| {shape} | {precision.embeddings} | {precision.mlp} | {rate / 1e3:,.1f}k | "
+              f"{row['vs_reference']:.2f}x | {row['table_mib']:,.0f} MiB |", flush=True)
+        del model, predict
+    return out
+
+
+def accuracy(checkpoint: str, data: str) -> list[dict]:
+    from dlrmkit.data.dataset import Dataset
+    from dlrmkit.infer.quantize import load_for_inference
+    from dlrmkit.metrics import roc_auc
+
+    test = Dataset(data).split("test")
+    labels = np.asarray(test.label, dtype=np.float64)
+    dense, sparse = np.array(test.dense), np.array(test.sparse)
+    out, fp32_auc = [], None
+    for precision in VARIANTS:
+        model, cfg, _, _, _ = load_for_inference(checkpoint)
+        predict = TorchPredictor(quantize_model(model, precision), cfg.max_index_range, precision=precision)
+        auc = roc_auc(labels, predict(dense, sparse).astype(np.float64))
+        fp32_auc = fp32_auc or auc
+        out.append({"precision": precision.to_dict(), "auc": auc, "of_fp32": auc / fp32_auc})
+        print(f"| {precision.embeddings} | {precision.mlp} | {auc:.6f} | {100 * auc / fp32_auc:.3f}% |", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shapes", default="kaggle,terabyte")
+    p.add_argument("--rows-per-table", type=int, default=100_000)
+    p.add_argument("--batch-size", type=int, default=2048)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--checkpoint")
+    p.add_argument("--data")
+    p.add_argument("--json")
+    args = p.parse_args(argv)
+    retain_freed_memory()  # as the dlrmkit CLI does
+    torch.set_num_threads(args.threads)
+    results = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+               "threads": args.threads, "batch_size": args.batch_size, "date": time.strftime("%Y-%m-%d"),
+               "speed": [], "accuracy": []}
+    print(f"batch {args.batch_size}, {args.threads} threads, torch {torch.__version__}, "
+          f"{args.rows_per_table:,} rows per table")
+    print("| shape | tables | MLPs | samples/s | vs DLRM reference | tables in memory |")
+    print("|---|---|---|---|---|---|")
+    for shape in args.shapes.split(","):
+        results["speed"] += speed(shape, args.rows_per_table, args.batch_size, args.steps, args.repeats)
+    if args.checkpoint and args.data:
+        print(f"\nAUC on the test split of {args.data} ({args.checkpoint})")
+        print("| tables | MLPs | AUC | of FP32 |")
+        print("|---|---|---|---|")
+        results["accuracy"] = accuracy(args.checkpoint, args.data)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Inference backends: the ONNX export run by ONNX Runtime and torch.compile give the eager
+PyTorch model's predictions."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dlrmkit.checkpoint import save_checkpoint
+from dlrmkit.cli import main
+from dlrmkit.config import Precision, SynthConfig, preset
+from dlrmkit.data import synth
+from dlrmkit.data.dataset import Dataset
+from dlrmkit.errors import ConfigError
+from dlrmkit.infer import TorchPredictor
+from dlrmkit.infer.quantize import quantize_model
+from dlrmkit.model import build_model
+
+pytest.importorskip("onnxruntime", reason="the onnx extra (onnx, onnxruntime) is not installed")
+from dlrmkit.infer.onnx_backend import OnnxPredictor, export_onnx  # noqa: E402
+
+
+def _inputs(cfg, pairs: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    dense = rng.gamma(1.0, 2.0, (pairs, cfg.num_dense)).astype(np.float32)
+    sparse = np.stack([rng.integers(0, n, pairs) for n in cfg.table_sizes], axis=1).astype(np.int32)
+    return dense, sparse
+
+
+@pytest.mark.parametrize("name,interaction,self_interaction", [("tiny", "dot", False), ("kaggle", "dot", True),
+                                                               ("tiny", "cat", False)])
+def test_onnx_runtime_equals_pytorch_fp32(tmp_path, name, interaction, self_interaction):
+    base = preset(name, (50, 7, 300, 2) * 6 + (11, 3))
+    cfg = type(base)(**{**base.to_dict(), "interaction": interaction, "interaction_self": self_interaction})
+    model = build_model(cfg, seed=1, sparse_grad=False)
+    dense, sparse = _inputs(cfg, 5000)  # more than one call of 2048 pairs, and a short last one
+    path = export_onnx(model, tmp_path / "m.onnx", cfg.num_dense)
+    got = OnnxPredictor(path, threads=1)(dense, sparse)
+    want = TorchPredictor(model)(dense, sparse)
+    assert got.shape == want.shape == (5000,)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def test_onnx_applies_max_index_range(tmp_path):
+    cfg = preset("tiny", (40,) * 26)
+    model = build_model(cfg, seed=2, sparse_grad=False)
+    dense, sparse = _inputs(cfg, 64)
+    path = export_onnx(model, tmp_path / "m.onnx", cfg.num_dense)
+    got = OnnxPredictor(path, max_index_range=40, threads=1)(dense, sparse + 40 * 3)  # indices past the tables
+    np.testing.assert_allclose(got, TorchPredictor(model)(dense, sparse), atol=1e-5)
+
+
+def test_onnx_export_refuses_int8_tables(tmp_path):
+    cfg = preset("tiny", (30,) * 26)
+    model = quantize_model(build_model(cfg, seed=0, sparse_grad=False), Precision("int8-rowwise", "fp32"))
+    with pytest.raises(ConfigError, match="FP32"):
+        export_onnx(model, tmp_path / "m.onnx", cfg.num_dense)
+
+
+@pytest.mark.parametrize("precision", [Precision(), Precision("int8-rowwise", "bf16")])
+def test_torch_compile_equals_eager(precision):
+    cfg = preset("tiny", (50, 7, 300, 2) * 6 + (11, 3))
+    model = quantize_model(build_model(cfg, seed=3, sparse_grad=False), precision)
+    dense, sparse = _inputs(cfg, 3000)
+    eager = TorchPredictor(model, precision=precision, max_pairs_per_call=1024)
+    compiled = TorchPredictor(model, precision=precision, max_pairs_per_call=1024, compile=True)
+    # bf16 kernels may fuse differently when compiled: one bf16 rounding step of the logit
+    tolerance = 1e-6 if precision.mlp == "fp32" else 1e-2
+    np.testing.assert_allclose(compiled(dense, sparse), eager(dense, sparse), rtol=0, atol=tolerance)
+
+
+@pytest.fixture(scope="module")
+def bench_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("backends")
+    synth.write_binary(SynthConfig(rows=30_000, cardinality_scale=0.001, workers=1), root / "data", progress=False)
+    cfg = preset("tiny", Dataset(root / "data").table_sizes)
+    checkpoint = save_checkpoint(root / "tiny.pt", build_model(cfg, seed=0), cfg)
+    return root / "data", checkpoint
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch-compile", "torch"])
+def test_bench_backends_give_the_same_auc(bench_setup, tmp_path, backend, capsys):
+    data, checkpoint = bench_setup
+    out = tmp_path / backend
+    rc = main(["bench", "--checkpoint", str(checkpoint), "--data", str(data), "--output", str(out), "--quiet",
+               "--backend", backend, "--embeddings", "fp32", "--mlp", "fp32", "--accuracy", "--count-samples", "12"])
+    assert rc == 0, capsys.readouterr().err
+    result = json.loads((out / "result.json").read_text())
+    assert result["backend"] == backend
+    # the reference AUC is the eager FP32 model's on the same pairs
+    assert result["roc_auc"] == pytest.approx(result["reference_auc"], abs=2e-6)
+    if backend == "onnxruntime":
+        assert (out / "model.onnx").is_file() and result["sut"]["backend"].startswith("onnxruntime")
+
+
+def test_bench_onnxruntime_refuses_quantized_precision(bench_setup, tmp_path, capsys):
+    data, checkpoint = bench_setup
+    rc = main(["bench", "--checkpoint", str(checkpoint), "--data", str(data), "--output", str(tmp_path),
+               "--backend", "onnxruntime", "--embeddings", "int8-rowwise"])
+    assert rc == 1 and "FP32" in capsys.readouterr().err
