@@ -45,6 +45,9 @@ def add_bench(sub, positive_int) -> None:
                    help="table precision (default: the config version's, "
                         + ", ".join(f"{k}: {v}" for k, v in PRECISION_FOR_CONFIG_VER.items()) + ")")
     p.add_argument("--mlp", choices=MLP_PRECISIONS, help="MLP precision (default: the config version's)")
+    p.add_argument("--placement", choices=("file", "frequency"), default="file",
+                   help="frequency: rows reordered hottest first by the dataset's training lookups "
+                        "(the inputs are remapped when LoadGen loads samples)")
     p.add_argument("--max-pairs-per-call", type=positive_int,
                    help="split model calls into chunks of this many pairs (default: 2048 on CPU, none on GPU)")
     p.add_argument("--samples-per-query-offline", type=positive_int,
@@ -173,6 +176,10 @@ def run_bench(args) -> int:
         predictor = OnnxPredictor(onnx_path, model_cfg.max_index_range, args.intra_op_threads or torch.get_num_threads(),
                                   args.max_pairs_per_call)
     else:
+        if args.placement == "frequency" and not hasattr(model.embeddings, "row_remap"):
+            from dlrmkit.infer.placement import place_by_frequency
+
+            place_by_frequency(model, dataset)
         quantize_model(model, precision)
         predictor = TorchPredictor(model, model_cfg.max_index_range, args.device, args.max_pairs_per_call, precision,
                                    compile=args.backend == "torch-compile")
@@ -180,7 +187,8 @@ def run_bench(args) -> int:
     reference = None if precision.is_fp32 and args.backend == "torch" else LazyPredictor(fp32_predictor)
     describe = {"checkpoint": str(args.checkpoint), "checkpoint_format": kind, "model": model_cfg.to_dict(),
                 "data": str(args.data), "split": args.split, "profile": args.profile,
-                "precision": precision.to_dict(), "embedding_bytes": embedding_bytes(model), "backend": args.backend}
+                "precision": precision.to_dict(), "embedding_bytes": embedding_bytes(model), "backend": args.backend,
+                "placement": "frequency" if hasattr(model.embeddings, "row_remap") else "file"}
     if not args.quiet:
         print(f"model: {kind} checkpoint {args.checkpoint}; {precision}; tables {embedding_bytes(model) / 2**20:,.1f} MiB")
     log = (lambda _: None) if args.quiet else print
@@ -230,6 +238,9 @@ def add_quantize(sub) -> None:
     p.add_argument("--mlp", choices=MLP_PRECISIONS, help="int8: dynamic quantization; bf16: autocast at run time")
     p.add_argument("--config-ver", choices=tuple(ACCURACY_TARGETS), default="default",
                    help="without --embeddings/--mlp: the precision this MLPerf config version runs")
+    p.add_argument("--placement", choices=("file", "frequency"), default="file",
+                   help="frequency: store the rows hottest first (needs --data: counts from its training rows)")
+    p.add_argument("--data", help="the dataset whose training lookups order the rows (--placement frequency)")
 
 
 def run_quantize(args) -> int:
@@ -240,10 +251,17 @@ def run_quantize(args) -> int:
         raise ConfigError(f"{args.checkpoint} is already quantized ({checkpoint_precision}); give an FP32 checkpoint")
     precision = resolve_precision(args, checkpoint_precision, kind)
     before = embedding_bytes(model)
+    if args.placement == "frequency":
+        from dlrmkit.data.dataset import Dataset
+        from dlrmkit.infer.placement import place_by_frequency
+
+        if args.data is None:
+            raise ConfigError("--placement frequency needs --data (the training lookups order the rows)")
+        place_by_frequency(model, Dataset(args.data))
     if precision.embeddings != "fp32":
         quantize_embeddings(model, precision.embeddings.removeprefix("int8-"))
     after = embedding_bytes(model)
     path = save_inference_checkpoint(args.out, model, cfg, precision, source=str(Path(args.checkpoint).resolve()))
-    print(f"wrote {path} ({path.stat().st_size / 2**20:,.1f} MiB): {precision}; tables "
+    print(f"wrote {path} ({path.stat().st_size / 2**20:,.1f} MiB): {precision}, rows in {args.placement} order; tables "
           f"{before / 2**20:,.1f} MiB -> {after / 2**20:,.1f} MiB ({before / after:.2f}x smaller)")
     return 0

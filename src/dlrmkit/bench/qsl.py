@@ -22,14 +22,16 @@ class SampleLibrary:
     """The test split grouped into samples by ``offsets``; LoadGen picks which ones live in RAM.
 
     ``load`` copies the requested samples, front to back, into one contiguous buffer per array
-    (LoadGen's ``load_samples_to_ram``); ``gather`` assembles a batch of loaded samples from it.
+    (LoadGen's ``load_samples_to_ram``), passing the sparse features through ``prepare`` when the
+    model wants its own layout; ``gather`` assembles a batch of loaded samples from it.
     """
 
-    def __init__(self, split: SplitArrays, offsets: np.ndarray):
+    def __init__(self, split: SplitArrays, offsets: np.ndarray, prepare=None):
         if len(offsets) < 2 or offsets[0] != 0 or offsets[-1] > len(split):
             raise BenchmarkError(f"sample offsets cover [{offsets[0]}, {offsets[-1]}) "
                                  f"but the split has {len(split)} pairs")
         self.split = split
+        self.prepare = prepare  # sparse (P, F) -> the model's input layout, applied at load (untimed)
         self.offsets = np.asarray(offsets, dtype=np.int64)
         self.sizes = np.diff(self.offsets)  # (K,) pairs per sample
         self._where = np.full(len(self.sizes), -1, dtype=np.int64)  # sample -> start in the buffer
@@ -49,7 +51,8 @@ class SampleLibrary:
         sizes = self.sizes[ids]
         rows = range_rows(self.offsets[ids], sizes)
         self._dense = np.ascontiguousarray(self.split.dense[rows], dtype=np.float32)  # (P, Nd)
-        self._sparse = np.ascontiguousarray(self.split.sparse[rows])  # (P, F)
+        sparse = np.asarray(self.split.sparse[rows])  # (P, F)
+        self._sparse = np.ascontiguousarray(sparse if self.prepare is None else self.prepare(sparse))
         self._label = np.asarray(self.split.label[rows], dtype=np.float32)  # (P,)
         self._where[:] = -1
         self._where[ids] = np.cumsum(sizes) - sizes

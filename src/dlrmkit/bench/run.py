@@ -30,6 +30,11 @@ RESULT_FILE = "result.json"
 TRACE_FILE = "dlrm_trace_of_aggregated_samples.txt"
 
 
+def _prepared(predict: Predict, sparse: np.ndarray) -> np.ndarray:
+    prepare = getattr(predict, "prepare", None)
+    return sparse if prepare is None else prepare(sparse)
+
+
 def calibrate(predict: Predict, qsl: SampleLibrary, max_batchsize: int, threads: int = 1,
               repeats: int = 3) -> float:
     """Warm the model up on the first batch of samples, then time ``threads`` concurrent callers
@@ -37,7 +42,7 @@ def calibrate(predict: Predict, qsl: SampleLibrary, max_batchsize: int, threads:
     k = min(max_batchsize, qsl.total_count)
     rows = slice(0, int(qsl.offsets[k]))
     dense = np.array(qsl.split.dense[rows], dtype=np.float32)
-    sparse = np.array(qsl.split.sparse[rows])
+    sparse = _prepared(predict, np.array(qsl.split.sparse[rows]))
     for _ in range(2):
         predict(dense, sparse)
 
@@ -67,7 +72,8 @@ def reference_auc(predict: Predict, qsl: SampleLibrary, batch_pairs: int = 16384
     probs = []
     for lo in range(0, qsl.pairs, batch_pairs):
         rows = slice(lo, min(lo + batch_pairs, qsl.pairs))
-        probs.append(predict(np.array(qsl.split.dense[rows], dtype=np.float32), np.array(qsl.split.sparse[rows])))
+        probs.append(predict(np.array(qsl.split.dense[rows], dtype=np.float32),
+                             _prepared(predict, np.array(qsl.split.sparse[rows]))))
     labels = np.asarray(qsl.split.label[: qsl.pairs], dtype=np.float64)
     return roc_auc(labels, np.concatenate(probs).astype(np.float64))
 
@@ -96,7 +102,7 @@ def run_benchmark(predict: Predict, split: SplitArrays, cfg: BenchConfig, aggreg
     offsets = aggregate_offsets(len(split), aggregation)
     count = len(offsets) - 1 if cfg.count_samples is None else min(cfg.count_samples, len(offsets) - 1)
     write_trace(trace_file or out / TRACE_FILE, offsets, count)
-    qsl = SampleLibrary(split, offsets[: count + 1])
+    qsl = SampleLibrary(split, offsets[: count + 1], getattr(predict, "prepare", None))
     log(f"QSL: {count:,} samples of {qsl.pairs:,} pairs ({qsl.pairs / count:.1f} pairs per sample, "
         f"{aggregation.rule} aggregation)")
 

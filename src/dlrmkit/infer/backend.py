@@ -25,7 +25,7 @@ class TorchPredictor:
 
     def __init__(self, model: DLRM, max_index_range: int | None = None, device: str = "cpu",
                  max_pairs_per_call: int | None = None, precision: Precision | None = None,
-                 compile: bool = False):
+                 compile: bool = False, row_remap: np.ndarray | None = None):
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         self.max_index_range = max_index_range
@@ -36,14 +36,26 @@ class TorchPredictor:
         # (the last chunk padded), so the model compiles once, on the first call.
         self._forward = torch.compile(self.model, dynamic=False) if compile else self.model
         self._pad = compile
+        # With rows placed by frequency the inputs must be remapped; the QSL does it when it loads
+        # samples (see dlrmkit.infer.placement), and calls then take remapped rows.
+        self.prepare = None
+        if row_remap is None and hasattr(model.embeddings, "row_remap"):
+            row_remap = model.embeddings.row_remap.numpy()
+        if row_remap is not None:
+            from dlrmkit.infer.placement import remap_indices
+
+            sizes = tuple(model.embeddings.table_sizes)
+            self.prepare = lambda sparse: remap_indices(sparse, row_remap, sizes, max_index_range)
         if max_pairs_per_call is None:  # accelerators want whole batches
             max_pairs_per_call = DEFAULT_MAX_PAIRS_PER_CALL if self.device.type == "cpu" else 1 << 62
         self.max_pairs_per_call = max_pairs_per_call
 
     @torch.inference_mode()
     def __call__(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
-        """dense (P, Nd) float32 (log1p already applied), sparse (P, F) int -> probabilities (P,)."""
-        sparse = cap_indices(sparse, self.max_index_range)
+        """dense (P, Nd) float32 (log1p already applied), sparse (P, F) int -> probabilities (P,).
+        ``sparse`` holds table indices, or fused rows from ``prepare`` when rows are placed."""
+        if self.prepare is None:
+            sparse = cap_indices(sparse, self.max_index_range)
         dense, sparse = (a if a.flags.writeable else a.copy() for a in (dense, sparse))  # torch needs writable
         dense_t, sparse_t = torch.from_numpy(dense), torch.from_numpy(sparse)
         out = torch.empty(dense.shape[0], dtype=torch.float32)  # (P,)

@@ -27,10 +27,13 @@ INFERENCE_VERSION = 1
 
 
 def quantize_embeddings(model: DLRM, scheme: str) -> None:
-    """Replace the model's FP32 tables by packed int8 ones (in place)."""
+    """Replace the model's FP32 tables by packed int8 ones (in place; a row placement carries over)."""
     tables = model.embeddings
     packed = quantize(tables.weight, tables.table_sizes, scheme)
     model.embeddings = QuantizedEmbeddingTables(packed, tables.table_sizes, scheme)
+    if hasattr(tables, "row_remap"):
+        model.embeddings.row_offsets.zero_()
+        model.embeddings.register_buffer("row_remap", tables.row_remap)
 
 
 def quantize_mlps_dynamic(model: DLRM) -> None:
@@ -84,13 +87,22 @@ def model_from_inference_payload(payload: dict, source: str) -> tuple[DLRM, Mode
     except (KeyError, TypeError) as e:
         raise CheckpointError(f"{source}: incomplete inference checkpoint ({e})") from None
     model = build_model(cfg, sparse_grad=False)
+    if "embeddings.row_remap" in state:  # rows placed by frequency (dlrmkit.infer.placement)
+        from dlrmkit.infer.placement import mark_placed
+
+        mark_placed(model, state["embeddings.row_remap"])
     if precision.embeddings != "fp32":
         packed = state.get("embeddings.packed")
         if packed is None:
             raise CheckpointError(f"{source}: no embeddings.packed tensor for {precision.embeddings} tables")
         try:
+            placed = getattr(model.embeddings, "row_remap", None)
             model.embeddings = QuantizedEmbeddingTables(packed, cfg.effective_table_sizes,
                                                         precision.embeddings.removeprefix("int8-"))
+            if placed is not None:
+                from dlrmkit.infer.placement import mark_placed
+
+                mark_placed(model, placed)
         except ValueError as e:
             raise CheckpointError(f"{source}: {e}") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
