@@ -1,5 +1,6 @@
 """LoadGen benchmark of the kaggle DLRM on this machine: Offline samples/s, Server QPS at the
-60 ms p99 bound, and the LoadGen + SUT overhead against a model that returns at once.
+60 ms p99 bound, and the LoadGen + SUT overhead against a model that returns at once; then the
+same per inference variant (table/MLP precision, row placement).
 
     python benchmarks/bench_loadgen.py [--rows 2000000] [--duration 10000] [--out runs/bench_loadgen]
 
@@ -12,6 +13,7 @@ Every variant runs in this one process, so the ratios compare like with like.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import sys
@@ -24,11 +26,13 @@ import torch
 from dlrmkit.bench.aggregation import aggregate_offsets
 from dlrmkit.bench.qsl import SampleLibrary
 from dlrmkit.bench.run import run_benchmark
-from dlrmkit.config import MLPERF_QUERY_SIZE_QUANTILE, AggregationConfig, BenchConfig, SynthConfig, preset
+from dlrmkit.config import MLPERF_QUERY_SIZE_QUANTILE, AggregationConfig, BenchConfig, Precision, SynthConfig, preset
 from dlrmkit.data import synth
 from dlrmkit.data.dataset import Dataset
 from dlrmkit.infer import TorchPredictor
 from dlrmkit.infer.allocator import retain_freed_memory
+from dlrmkit.infer.placement import place_by_frequency
+from dlrmkit.infer.quantize import embedding_bytes, quantize_model
 from dlrmkit.model import build_model
 from timing import seconds_per_call
 
@@ -64,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=2_000_000, help="synthetic rows (the test split is 1/14)")
     p.add_argument("--duration", type=int, default=10_000, help="min duration of each LoadGen run, ms")
     p.add_argument("--batch-sizes", default="32,128", help="max_batchsize values (samples) to compare")
+    p.add_argument("--variants", default="fp32:fp32:file,int8-rowwise:bf16:file,int8-rowwise:bf16:frequency",
+                   help="tables:MLPs:placement triples to compare (placement: file or frequency)")
     p.add_argument("--server-fractions", default="0.5,0.65,0.8,0.9",
                    help="Server target QPS tried, as fractions of the best Offline samples/s")
     p.add_argument("--out", default="runs/bench_loadgen")
@@ -80,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     dataset = Dataset(data)
     split = dataset.split("test")
     torch.manual_seed(0)
-    predictor = TorchPredictor(build_model(preset("kaggle", dataset.table_sizes), seed=0))
+    base = build_model(preset("kaggle", dataset.table_sizes), seed=0, sparse_grad=False)
+    predictor = TorchPredictor(base)
     aggregation = AggregationConfig(quantile=MLPERF_QUERY_SIZE_QUANTILE)
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads; "
           f"test split {len(split):,} pairs; kaggle preset, {sum(dataset.table_sizes):,} embedding rows", flush=True)
@@ -123,25 +130,45 @@ def main(argv: list[str] | None = None) -> int:
 
     best_tag = max(results["offline"], key=lambda t: results["offline"][t]["samples_per_s"])
     best = results["offline"][best_tag]
-    torch.set_num_threads(max(1, 2 // best["threads"]))
-    results["server"] = []
-    for fraction in (float(f) for f in args.server_fractions.split(",")):
-        qps = fraction * best["samples_per_s"]
-        cfg = BenchConfig(scenario="Server", max_batchsize=best["max_batchsize"], threads=best["threads"],
-                          duration_ms=args.duration, fast=True, target_qps=qps)
-        r = run_benchmark(predictor, split, cfg, aggregation, out / f"server-{fraction:g}", log=lambda _: None)
-        row = {"target_qps": qps, "completed_samples_per_s": r["samples_per_second"],
-               "pairs_per_s": r["pairs_per_second"], "p99_ms": r["result_99.00_percentile_latency_ns"] / 1e6,
-               "validity": r["result_validity"], "max_batchsize": best["max_batchsize"], "threads": best["threads"]}
-        results["server"].append(row)
-        print(f"Server target {qps:,.1f} QPS: {row['completed_samples_per_s']:,.1f} samples/s "
-              f"({row['pairs_per_s']:,.0f} pairs/s), p99 {row['p99_ms']:.1f} ms (bound {SERVER_BOUND_MS:g}), "
-              f"{row['validity']}", flush=True)
-    valid = [r for r in results["server"] if r["validity"] == "VALID" and r["p99_ms"] <= SERVER_BOUND_MS]
-    if valid:
-        top = max(valid, key=lambda r: r["target_qps"])
-        print(f"Server: {top['completed_samples_per_s']:,.1f} QPS ({top['pairs_per_s']:,.0f} pairs/s) "
-              f"within the {SERVER_BOUND_MS:g} ms p99 bound")
+    bs, threads = best["max_batchsize"], best["threads"]
+    torch.set_num_threads(max(1, 2 // threads))
+
+    # Precision and placement variants, each: Offline, then Server at fractions of its Offline rate.
+    results["variants"] = []
+    for spec in args.variants.split(","):
+        emb, mlp, placement = spec.split(":")
+        precision = Precision(emb, mlp)
+        model = copy.deepcopy(base)
+        if placement == "frequency":
+            place_by_frequency(model, dataset)
+        quantize_model(model, precision)
+        variant = TorchPredictor(model, precision=precision)
+        name = f"{emb}/{mlp}/{placement}"
+        row = {"variant": name, "precision": precision.to_dict(), "placement": placement,
+               "table_mib": embedding_bytes(model) / 2**20, "max_batchsize": bs, "threads": threads}
+        row["offline"] = offline(variant, bs, threads, f"variant-{emb}-{mlp}-{placement}")
+        print(f"{name}: Offline {row['offline']['samples_per_s']:,.1f} samples/s "
+              f"({row['offline']['pairs_per_s']:,.0f} pairs/s) {row['offline']['validity']}; "
+              f"tables {row['table_mib']:,.0f} MiB", flush=True)
+        row["server"] = []
+        for fraction in (float(f) for f in args.server_fractions.split(",")):
+            qps = fraction * row["offline"]["samples_per_s"]
+            cfg = BenchConfig(scenario="Server", max_batchsize=bs, threads=threads, duration_ms=args.duration,
+                              fast=True, target_qps=qps)
+            r = run_benchmark(variant, split, cfg, aggregation, out / f"server-{emb}-{mlp}-{placement}-{fraction:g}",
+                              log=lambda _: None)
+            point = {"target_qps": qps, "completed_samples_per_s": r["samples_per_second"],
+                     "pairs_per_s": r["pairs_per_second"], "p99_ms": r["result_99.00_percentile_latency_ns"] / 1e6,
+                     "validity": r["result_validity"]}
+            row["server"].append(point)
+            print(f"  Server target {qps:,.1f} QPS: {point['completed_samples_per_s']:,.1f} samples/s "
+                  f"({point['pairs_per_s']:,.0f} pairs/s), p99 {point['p99_ms']:.1f} ms, {point['validity']}", flush=True)
+        valid = [p for p in row["server"] if p["validity"] == "VALID" and p["p99_ms"] <= SERVER_BOUND_MS]
+        row["server_qps_at_bound"] = max((p["completed_samples_per_s"] for p in valid), default=None)
+        print(f"  {name}: Server {row['server_qps_at_bound'] or 0:,.1f} QPS within the {SERVER_BOUND_MS:g} ms p99 bound",
+              flush=True)
+        results["variants"].append(row)
+        del model, variant
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0
