@@ -164,7 +164,10 @@ def run_bench(args) -> int:
                           f"to measure the reference AUC; give --reference-auc")
 
     def fp32_predictor() -> TorchPredictor:
-        fp32_model, fp32_cfg, _, _, _ = load_for_inference(fp32_source)
+        fp32_model, fp32_cfg, fp32_precision, _, _ = load_for_inference(fp32_source)
+        if not fp32_precision.is_fp32:  # the source was replaced by a quantized checkpoint since
+            raise ConfigError(f"{fp32_source}, the FP32 checkpoint {args.checkpoint} was quantized from, now holds "
+                              f"a quantized model ({fp32_precision}); give --reference-auc")
         return TorchPredictor(fp32_model, fp32_cfg.max_index_range, args.device, args.max_pairs_per_call)
 
     if args.backend == "onnxruntime":
@@ -246,6 +249,9 @@ def add_quantize(sub) -> None:
 def run_quantize(args) -> int:
     from dlrmkit.infer.quantize import embedding_bytes, load_for_inference, quantize_embeddings, save_inference_checkpoint
 
+    if Path(args.out).resolve() == Path(args.checkpoint).resolve():
+        raise ConfigError(f"--out {args.out} would replace the FP32 checkpoint it quantizes (accuracy runs "
+                          f"measure the reference AUC with it); choose another file")
     model, cfg, checkpoint_precision, kind, _ = load_for_inference(args.checkpoint)
     if kind == "inference":
         raise ConfigError(f"{args.checkpoint} is already quantized ({checkpoint_precision}); give an FP32 checkpoint")

@@ -31,7 +31,7 @@ def row_counts(dataset: Dataset, table_sizes: tuple[int, ...]) -> np.ndarray:
     counts = np.zeros(int(sum(table_sizes)), dtype=np.int64)
     saved = Path(dataset.path) / "counts"
     for j, size in enumerate(table_sizes):
-        file = saved / f"C{j}.npz"
+        file = saved / f"C{j + 1}.npz"  # Criteo's column names: C1..C26
         if file.is_file():
             with np.load(file) as z:
                 index, count = z["index"], z["count"]

@@ -9,6 +9,7 @@ quantization is deterministic), so the file holds only the int8 tables and FP32 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from pathlib import Path
@@ -29,7 +30,15 @@ INFERENCE_VERSION = 1
 def quantize_embeddings(model: DLRM, scheme: str) -> None:
     """Replace the model's FP32 tables by packed int8 ones (in place; a row placement carries over)."""
     tables = model.embeddings
-    packed = quantize(tables.weight, tables.table_sizes, scheme)
+    if hasattr(tables, "row_remap"):
+        # rows placed by frequency interleave the tables: quantize in table order, then re-place
+        remap = tables.row_remap.long()  # old fused row -> new
+        packed = quantize(tables.weight.detach()[remap], tables.table_sizes, scheme)
+        order = torch.empty_like(remap)
+        order[remap] = torch.arange(remap.numel())
+        packed = packed[order].contiguous()
+    else:
+        packed = quantize(tables.weight, tables.table_sizes, scheme)
     model.embeddings = QuantizedEmbeddingTables(packed, tables.table_sizes, scheme)
     if hasattr(tables, "row_remap"):
         model.embeddings.row_offsets.zero_()
@@ -86,7 +95,13 @@ def model_from_inference_payload(payload: dict, source: str) -> tuple[DLRM, Mode
         state = payload["state_dict"]
     except (KeyError, TypeError) as e:
         raise CheckpointError(f"{source}: incomplete inference checkpoint ({e})") from None
-    model = build_model(cfg, sparse_grad=False)
+    if precision.embeddings != "fp32":
+        # the packed int8 tables replace the FP32 ones: build those as one-row placeholders
+        # rather than allocating and initializing R x D floats only to drop them
+        shell = dataclasses.replace(cfg, table_sizes=(1,) * len(cfg.table_sizes), max_index_range=None)
+        model = build_model(shell, sparse_grad=False)
+    else:
+        model = build_model(cfg, sparse_grad=False)
     if "embeddings.row_remap" in state:  # rows placed by frequency (dlrmkit.infer.placement)
         from dlrmkit.infer.placement import mark_placed
 

@@ -39,9 +39,9 @@ def quantize_per_table(weight: torch.Tensor, table_sizes: tuple[int, ...]
     table_of_row = torch.repeat_interleave(torch.arange(len(table_sizes), device=w.device), sizes)  # (R,)
     magnitude = torch.zeros(len(table_sizes), device=w.device).scatter_reduce(
         0, table_of_row, w.abs().amax(dim=1), reduce="amax")  # (F,)
-    step = magnitude / 127.5
-    step = torch.where(step > 0, step, torch.ones_like(step))[table_of_row]  # (R,)
-    codes = torch.round(w / step[:, None] + 127.5).clamp_(0, 255).to(torch.uint8)
+    step = (magnitude / 127.5)[table_of_row]  # (R,); 0 for an all-zero table: its rows dequantize to 0
+    divisor = torch.where(step > 0, step, torch.ones_like(step))
+    codes = torch.round(w / divisor[:, None] + 127.5).clamp_(0, 255).to(torch.uint8)
     return codes, step, -127.5 * step
 
 
@@ -53,7 +53,7 @@ def pack(codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.
 
 def unpack(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     codes = packed[:, :-8]
-    tail = packed[:, -8:].contiguous().view(torch.float32)  # (R, 2)
+    tail = packed[:, -8:].clone(memory_format=torch.contiguous_format).view(torch.float32)  # (R, 2), own storage
     return codes, tail[:, 0], tail[:, 1]
 
 

@@ -1,0 +1,154 @@
+"""Rows placed by access frequency: the reordered model with remapped inputs predicts exactly what
+the original does; counts come from preprocessing's files or the train split."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+
+from dlrmkit.bench.qsl import SampleLibrary
+from dlrmkit.checkpoint import save_checkpoint
+from dlrmkit.cli import main
+from dlrmkit.config import PreprocessConfig, Precision, SynthConfig, preset
+from dlrmkit.data import synth
+from dlrmkit.data.dataset import Dataset
+from dlrmkit.data.preprocess import preprocess
+from dlrmkit.infer import TorchPredictor
+from dlrmkit.infer.placement import (frequency_order, inverse, place_by_frequency, remap_indices, reorder_rows,
+                                     row_counts)
+from dlrmkit.infer.quantize import load_for_inference, quantize_model, save_inference_checkpoint
+from dlrmkit.model import build_model
+
+
+@pytest.fixture(scope="module")
+def binary(tmp_path_factory):
+    out = tmp_path_factory.mktemp("placement") / "data"
+    synth.write_binary(SynthConfig(rows=40_000, cardinality_scale=0.001, workers=1), out, progress=False)
+    return Dataset(out)
+
+
+@pytest.fixture(scope="module")
+def preprocessed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("placement_raw")
+    synth.write_raw(SynthConfig(rows=30_000, cardinality_scale=0.001, workers=1), root / "raw", progress=False)
+    out = root / "data"
+    preprocess(PreprocessConfig(dataset="kaggle", inputs=(str(root / "raw" / "train.txt"),), vocab="frequency",
+                                workers=1), out, progress=False)
+    return Dataset(out)
+
+
+def test_frequency_order_puts_the_hottest_rows_first_and_keeps_ties_in_order():
+    counts = np.array([3, 0, 7, 3, 1])
+    order = frequency_order(counts)
+    assert order.tolist() == [2, 0, 3, 4, 1]
+    remap = inverse(order)
+    assert remap.dtype == np.int32 and remap[order].tolist() == list(range(5))
+
+
+def test_row_counts_from_the_train_split(binary):
+    sizes = binary.table_sizes
+    counts = row_counts(binary, sizes)
+    sparse = np.asarray(binary.split("train").sparse)
+    start = 0
+    for j, size in enumerate(sizes):
+        np.testing.assert_array_equal(counts[start:start + size], np.bincount(sparse[:, j], minlength=size))
+        start += size
+    assert counts.sum() == sparse.size
+
+
+def test_row_counts_from_preprocessing_files_equal_counting_the_train_split(preprocessed):
+    assert (preprocessed.path / "counts").is_dir()
+    sizes = preprocessed.table_sizes
+    counts = row_counts(preprocessed, sizes)
+    sparse = np.asarray(preprocessed.split("train").sparse)
+    start = 0
+    for j, size in enumerate(sizes):
+        np.testing.assert_array_equal(counts[start:start + size], np.bincount(sparse[:, j], minlength=size), err_msg=j)
+        start += size
+
+
+@pytest.mark.parametrize("precision", [Precision(), Precision("int8-rowwise", "fp32"), Precision("int8-table", "bf16")])
+def test_placed_model_predicts_exactly_what_the_original_does(binary, precision):
+    cfg = preset("tiny", binary.table_sizes)
+    model = build_model(cfg, seed=0, sparse_grad=False)
+    original = TorchPredictor(quantize_model(copy.deepcopy(model), precision), precision=precision)
+    placed_model = copy.deepcopy(model)
+    place_by_frequency(placed_model, binary)
+    placed = TorchPredictor(quantize_model(placed_model, precision), precision=precision)
+    test = binary.split("test")
+    dense, sparse = np.array(test.dense[:3000]), np.array(test.sparse[:3000])
+    assert placed.prepare is not None and original.prepare is None
+    np.testing.assert_array_equal(placed(dense, placed.prepare(sparse)), original(dense, sparse))
+    # the hottest row of all tables is row 0 of the placed layout
+    counts = row_counts(binary, binary.table_sizes)
+    assert placed.prepare(sparse).min() == 0 and counts.argmax() == frequency_order(counts)[0]
+
+
+def test_placement_applies_max_index_range_before_remapping():
+    cfg = preset("tiny", (10,) * 26)
+    order = np.arange(260)[::-1].copy()
+    remap = inverse(order)
+    sparse = np.full((2, 26), 13, dtype=np.int32)  # 13 mod 10 = 3
+    rows = remap_indices(sparse, remap, cfg.table_sizes, max_index_range=10)
+    assert rows[0].tolist() == [259 - (10 * j + 3) for j in range(26)]
+
+
+def test_reordering_twice_is_refused(binary):
+    model = build_model(preset("tiny", binary.table_sizes), seed=0)
+    place_by_frequency(model, binary)
+    with pytest.raises(ValueError, match="already"):
+        reorder_rows(model, np.arange(sum(binary.table_sizes)))
+
+
+def test_qsl_prepares_sparse_features_when_loading(binary):
+    test = binary.split("test")
+    offsets = np.arange(0, 101, 10)
+    qsl = SampleLibrary(test, offsets, prepare=lambda sparse: sparse + 1000)
+    qsl.load([3, 1])
+    _, sparse, _, _ = qsl.gather(np.array([1, 3]))
+    np.testing.assert_array_equal(sparse, np.concatenate([test.sparse[10:20], test.sparse[30:40]]) + 1000)
+
+
+def test_placed_inference_checkpoint_round_trips(binary, tmp_path):
+    cfg = preset("tiny", binary.table_sizes)
+    model = build_model(cfg, seed=0, sparse_grad=False)
+    place_by_frequency(model, binary)
+    precision = Precision("int8-rowwise", "bf16")
+    quantize_model(model, precision)
+    path = save_inference_checkpoint(tmp_path / "q.pt", model, cfg, precision)
+    loaded, _, loaded_precision, kind, _ = load_for_inference(path)
+    assert kind == "inference" and loaded_precision == precision
+    a, b = TorchPredictor(model, precision=precision), TorchPredictor(loaded, precision=precision)
+    test = binary.split("test")
+    dense, sparse = np.array(test.dense[:500]), np.array(test.sparse[:500])
+    np.testing.assert_array_equal(a(dense, a.prepare(sparse)), b(dense, b.prepare(sparse)))
+
+
+def test_cli_placement_keeps_the_auc(binary, tmp_path, capsys):
+    cfg = preset("tiny", binary.table_sizes)
+    checkpoint = save_checkpoint(tmp_path / "tiny.pt", build_model(cfg, seed=0), cfg)
+    common = ["--data", str(binary.path), "--accuracy", "--count-samples", "10", "--quiet",
+              "--embeddings", "fp32", "--mlp", "fp32"]
+    assert main(["bench", "--checkpoint", str(checkpoint), "--output", str(tmp_path / "file"), *common]) == 0
+    assert main(["bench", "--checkpoint", str(checkpoint), "--output", str(tmp_path / "freq"), *common,
+                 "--placement", "frequency"]) == 0
+    plain = json.loads((tmp_path / "file" / "result.json").read_text())
+    placed = json.loads((tmp_path / "freq" / "result.json").read_text())
+    assert placed["placement"] == "frequency" and plain["placement"] == "file"
+    assert placed["roc_auc"] == plain["roc_auc"]
+    # a quantized, placed checkpoint from `quantize`, benchmarked as is
+    assert main(["quantize", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "q.pt"),
+                 "--placement", "frequency", "--data", str(binary.path), "--embeddings", "int8-rowwise",
+                 "--mlp", "fp32"]) == 0
+    assert main(["bench", "--checkpoint", str(tmp_path / "q.pt"), "--output", str(tmp_path / "q"),
+                 "--data", str(binary.path), "--accuracy", "--count-samples", "10", "--quiet"]) == 0
+    quantized = json.loads((tmp_path / "q" / "result.json").read_text())
+    assert quantized["placement"] == "frequency" and quantized["reference_auc"] == pytest.approx(plain["roc_auc"], abs=1e-12)
+    assert abs(quantized["roc_auc"] - plain["roc_auc"]) < 0.01
+    capsys.readouterr()
+    assert main(["quantize", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "r.pt"),
+                 "--placement", "frequency"]) == 1
+    assert "--data" in capsys.readouterr().err

@@ -1,0 +1,708 @@
+"""Int8 inference: the quantization primitives, the int8 table module, quantized models, their AUC
+(synthetic and real rows) and the inference checkpoint.
+
+Tolerances are derived, not picked. A round-to-nearest quantizer leaves each element within half
+a step (scale / 2) of its original; on top of that only float32 rounding is allowed, bounded
+operation by operation in ``_quantize_rounding`` and ``_eval_rounding`` (u = 2**-24, float32's
+unit roundoff). Sums of n rows add float32 summation error, at most n * u * sum |terms|.
+"""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import dlrmkit.model.quantized as quantized_module
+from dlrmkit.checkpoint import save_checkpoint
+from dlrmkit.config import (KAGGLE_CARDINALITIES, PRECISION_FOR_CONFIG_VER, ModelConfig, Precision, SynthConfig,
+                            TrainConfig, preset)
+from dlrmkit.data import synth
+from dlrmkit.data.dataset import Dataset
+from dlrmkit.errors import CheckpointError
+from dlrmkit.infer import LazyPredictor, TorchPredictor
+from dlrmkit.infer.quantize import (INFERENCE_VERSION, embedding_bytes, load_for_inference, quantize_embeddings,
+                                    quantize_model, save_inference_checkpoint)
+from dlrmkit.metrics import roc_auc
+from dlrmkit.model import build_model
+from dlrmkit.model.embedding import EmbeddingTables
+from dlrmkit.model.quantized import (QuantizedEmbeddingTables, dequantize, pack, quantize, quantize_per_table,
+                                     quantize_rowwise, unpack)
+
+U = 2.0 ** -24  # float32 unit roundoff (round to nearest)
+
+
+def _quantize_rounding(scale: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Float32 rounding a dequantized element may add to the half step (float64, elementwise).
+
+    In units of the step s: the code rounds t = (w - lo) / s (row-wise: 2 roundings of values
+    <= 255, so t is off by <= 510 u) or t = w / s + 127.5 (per table: <= 127.5 u + 255 u); per
+    table the bias -127.5 s is itself rounded (<= 127.5 u). Dequantizing, code * s (<= 255 u)
+    plus bias rounds once more, by u * |result| <= u * (|w| + s / 2). Either scheme: below
+    766.5 u * s + u * |w|, so 768 u * s + u * |w| (which also covers second-order terms).
+    """
+    return U * (768 * scale + w.abs())
+
+
+def _eval_rounding(scale: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """Error of computing code * scale + bias in float32, with or without an FMA, against the
+    exact value: the product (code <= 255) and the sum round once each."""
+    return U * (255 * scale + value.abs())
+
+
+def _exact_rows(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(code * scale + bias in float64, scale per row in float64) of the packed rows."""
+    codes, scale, bias = unpack(packed)
+    s = scale.double()
+    return codes.double() * s[:, None] + bias.double()[:, None], s
+
+
+def _assert_within_half_step(deq: torch.Tensor, w: torch.Tensor, scale: torch.Tensor) -> None:
+    s = scale.double()[:, None].expand_as(w)
+    err = (deq.double() - w.double()).abs()
+    bound = s / 2 + _quantize_rounding(s, w.double())
+    worst = (err - bound).argmax()
+    assert bool((err <= bound).all()), (f"element {np.unravel_index(int(worst), w.shape)}: |error| "
+                                         f"{err.flatten()[worst]:.6g} > bound {bound.flatten()[worst]:.6g}")
+
+
+# --- weights to quantize ----------------------------------------------------------------------
+
+def _mixed(dim: int = 8) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """One table per kind of row that can trip a quantizer."""
+    g = torch.Generator().manual_seed(11)
+    tables = [
+        torch.tensor([[0.3] * dim, [-2.0] * dim, [0.0] * dim, [1e30] * dim]),  # constant rows
+        torch.randn(5, dim, generator=g) * 1e30,  # huge
+        torch.randn(5, dim, generator=g) * 1e-30,  # tiny (float32 normal range)
+        -(torch.rand(4, dim, generator=g) + 0.5),  # negative only
+        torch.cat([-1 - 1e-6 * torch.rand(1, dim, generator=g),  # negative, a very narrow range
+                   1 + 1e-6 * torch.rand(1, dim, generator=g)]),
+        torch.rand(3, dim, generator=g) + 1,  # positive only
+        torch.randn(6, dim, generator=g) * torch.logspace(-20, 20, 6)[:, None],  # magnitudes 1e-20..1e20
+        torch.randn(1, dim, generator=g),  # a one-row table
+    ]
+    return torch.cat(tables).float(), tuple(t.shape[0] for t in tables)
+
+
+def _init_like_training(sizes: tuple[int, ...], dim: int, seed: int) -> torch.Tensor:
+    tables = EmbeddingTables(sizes, dim, sparse_grad=False)
+    tables.reset_parameters(torch.Generator().manual_seed(seed))
+    return tables.weight.detach().clone()
+
+
+CASES = {
+    "init": lambda: (_init_like_training((10, 20, 7), 16, 0), (10, 20, 7)),
+    "mixed": _mixed,
+    "one_element": lambda: (torch.tensor([[0.7]]), (1,)),
+    "dim_1": lambda: (torch.randn(9, 1, generator=torch.Generator().manual_seed(2)), (4, 5)),
+    "wide": lambda: (torch.randn(64, 128, generator=torch.Generator().manual_seed(3)) * 0.05, (40, 24)),
+}
+
+
+def _table_slices(sizes: tuple[int, ...]) -> list[slice]:
+    ends = np.cumsum(sizes).tolist()
+    return [slice(end - n, end) for n, end in zip(sizes, ends)]
+
+
+# --- primitives -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_rowwise_round_trip_within_half_a_step(case):
+    w, sizes = CASES[case]()
+    rows, dim = w.shape
+    codes, scale, bias = quantize_rowwise(w)
+    assert codes.dtype == torch.uint8 and codes.shape == (rows, dim)
+    assert scale.dtype == bias.dtype == torch.float32 and scale.shape == bias.shape == (rows,)
+    packed = quantize(w, sizes, "rowwise")
+    assert packed.dtype == torch.uint8 and packed.shape == (rows, dim + 8)
+    c, s, b = unpack(packed)
+    assert torch.equal(c, codes) and torch.equal(s, scale) and torch.equal(b, bias)
+    deq = dequantize(packed)
+    assert deq.dtype == torch.float32 and deq.shape == w.shape
+    _assert_within_half_step(deq, w, s)
+
+    lo, hi = w.double().min(1).values, w.double().max(1).values
+    varying = hi > lo
+    # the step is the row's range over 255 codes (two roundings), so the bound above is not slack
+    span = s.double() * 255
+    assert bool(((span - (hi - lo)).abs() <= 2 * U * (1 + U) * (hi - lo))[varying].all())
+    # the row's minimum is code 0 and its maximum code 255
+    assert bool((codes[varying].min(1).values == 0).all()) and bool((codes[varying].max(1).values == 255).all())
+    # a constant row comes back exactly
+    assert torch.equal(deq[~varying], w[~varying])
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_per_table_round_trip_within_half_a_step(case):
+    w, sizes = CASES[case]()
+    rows, dim = w.shape
+    codes, scale, bias = quantize_per_table(w, sizes)
+    assert codes.dtype == torch.uint8 and codes.shape == (rows, dim)
+    assert scale.dtype == bias.dtype == torch.float32 and scale.shape == bias.shape == (rows,)
+    packed = quantize(w, sizes, "table")
+    assert packed.dtype == torch.uint8 and packed.shape == (rows, dim + 8)
+    c, s, b = unpack(packed)
+    assert torch.equal(c, codes) and torch.equal(s, scale) and torch.equal(b, bias)
+    _assert_within_half_step(dequantize(packed), w, s)
+
+    # symmetric: the bias is -127.5 steps, exactly as float32 computes it
+    assert torch.equal(bias, -127.5 * scale)
+    for f, rows_of_f in enumerate(_table_slices(sizes)):
+        table, table_scale, table_codes = w[rows_of_f], scale[rows_of_f], codes[rows_of_f]
+        assert bool((table_scale == table_scale[0]).all()), f"table {f}: rows with different scales"
+        magnitude = float(table.abs().max())
+        if magnitude == 0:
+            continue  # see test_all_zero_table_comes_back_as_zeros
+        # the table's largest magnitude is 127.5 steps (one rounding of M / 127.5) ...
+        assert abs(float(table_scale[0]) * 127.5 - magnitude) <= U * magnitude, f"table {f}"
+        # ... so +M is code 255 and -M code 0
+        assert bool((table_codes[table == magnitude] == 255).all()), f"table {f}"
+        assert bool((table_codes[table == -magnitude] == 0).all()), f"table {f}"
+
+
+@pytest.mark.parametrize("scheme", ["rowwise", "table"])
+def test_all_zero_table_comes_back_as_zeros(scheme):
+    """A table of zeros (an unused feature, a zeroed-out table) must not come back as anything
+    else: its largest magnitude is 0, so its step is 0 and the half-step bound is exactly 0."""
+    g = torch.Generator().manual_seed(5)
+    sizes = (3, 4, 2)
+    w = torch.cat([torch.randn(3, 6, generator=g), torch.zeros(4, 6), torch.randn(2, 6, generator=g)])
+    packed = quantize(w, sizes, scheme)
+    deq = dequantize(packed)
+    assert torch.equal(deq[3:7], torch.zeros(4, 6)), deq[3:7]
+    tables = QuantizedEmbeddingTables(packed, sizes, scheme)
+    pooled = tables(torch.tensor([[0, 1, 0], [2, 3, 1]]))  # (B, F, D)
+    assert torch.equal(pooled[:, 1], torch.zeros(2, 6)), pooled[:, 1]
+
+
+def test_pack_layout_and_exact_unpack():
+    """FBGEMM's byte row-wise layout: D codes, then scale and bias as native float32 bytes."""
+    g = torch.Generator().manual_seed(0)
+    rows, dim = 7, 5
+    codes = torch.randint(0, 256, (rows, dim), dtype=torch.uint8, generator=g)
+    scale = torch.tensor([1.5, 0.0, -0.0, 3.4e38, 1e-45, float("inf"), 0.1], dtype=torch.float32)
+    bias = torch.tensor([-2.25, 1e-38, -0.0, -3.4e38, float("-inf"), 7.0, -0.3], dtype=torch.float32)
+    packed = pack(codes, scale, bias)
+    assert packed.dtype == torch.uint8 and packed.shape == (rows, dim + 8) and packed.is_contiguous()
+    raw = packed.numpy()
+    np.testing.assert_array_equal(raw[:, :dim], codes.numpy())
+    np.testing.assert_array_equal(raw[:, dim:dim + 4].copy().view(np.int32).ravel(), scale.numpy().view(np.int32))
+    np.testing.assert_array_equal(raw[:, dim + 4:].copy().view(np.int32).ravel(), bias.numpy().view(np.int32))
+    c, s, b = unpack(packed)
+    assert c.dtype == torch.uint8 and s.dtype == b.dtype == torch.float32
+    assert torch.equal(c, codes)
+    assert torch.equal(s.view(torch.int32), scale.view(torch.int32))  # bit for bit (-0.0 included)
+    assert torch.equal(b.view(torch.int32), bias.view(torch.int32))
+
+
+def test_unknown_scheme():
+    with pytest.raises(ValueError, match="rowwise"):
+        quantize(torch.zeros(2, 3), (2,), "int4")
+
+
+# --- the int8 table module --------------------------------------------------------------------
+
+SIZES = (7, 3, 11, 1, 5)
+MAGNITUDES = (0.01, 1.0, 100.0, 1e-3, 10.0)  # per table: bags add rows of very different steps
+DIM = 6
+
+
+def _weights(seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([torch.randn(n, DIM, generator=g) * m for n, m in zip(SIZES, MAGNITUDES)])
+
+
+def _fp32_tables(w: torch.Tensor) -> EmbeddingTables:
+    tables = EmbeddingTables(SIZES, DIM, sparse_grad=False)
+    with torch.no_grad():
+        tables.weight.copy_(w)
+    return tables
+
+
+def _bags(batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+    """Multi-hot input as EmbeddingTables.forward documents it: indices flat, table after table
+    (all B bags of table 0, then table 1's ...), offsets (F * B,) the start of each bag; and the
+    fused rows of each bag (bags of 0 to 4 rows, repeats allowed)."""
+    g = torch.Generator().manual_seed(seed)
+    starts = np.concatenate([[0], np.cumsum(SIZES)[:-1]])
+    indices, offsets, bag_rows = [], [], []
+    for f, n in enumerate(SIZES):
+        for _ in range(batch):
+            length = int(torch.randint(0, 5, (1,), generator=g))
+            members = torch.randint(0, n, (length,), generator=g).tolist()
+            offsets.append(len(indices))
+            indices += members
+            bag_rows.append([int(starts[f]) + i for i in members])
+    return torch.tensor(indices, dtype=torch.int64), torch.tensor(offsets, dtype=torch.int64), bag_rows
+
+
+def _bag_expectation(packed: torch.Tensor, w: torch.Tensor, bag_rows: list[list[int]], batch: int):
+    """Per bag, float64 (B, F, D) arrays: the exact sum of dequantized rows, the bound on a float32
+    computation of it, and the bound on its distance to the FP32 tables' float32 sum."""
+    exact, s = _exact_rows(packed)
+    w64 = w.double()
+    shape = (len(SIZES), batch, DIM)
+    want, tol_int8, tol_fp32 = (torch.zeros(shape, dtype=torch.float64) for _ in range(3))
+    for bag, rows in enumerate(bag_rows):
+        f, b = divmod(bag, batch)
+        if not rows:
+            continue
+        n = len(rows)
+        r = torch.tensor(rows)
+        terms, steps = exact[r], s[r][:, None].expand(-1, DIM)
+        want[f, b] = terms.sum(0)
+        # each row computed in float32 (_eval_rounding), then n float32 additions
+        tol_int8[f, b] = _eval_rounding(steps, terms).sum(0) + n * U * terms.abs().sum(0)
+        # vs FP32: half a step per member, plus both float32 sums (the FP32 tables add exact w)
+        tol_fp32[f, b] = (steps / 2 + _quantize_rounding(steps, w64[r])).sum(0) + n * U * w64[r].abs().sum(0)
+    swap = lambda t: t.transpose(0, 1)  # (F, B, D) -> (B, F, D)
+    return swap(want), swap(tol_int8), swap(tol_int8 + tol_fp32)
+
+
+def _assert_within(got: torch.Tensor, want: torch.Tensor, tol: torch.Tensor, what: str) -> None:
+    err = (got.double() - want).abs()
+    worst = int((err - tol).argmax())
+    assert bool((err <= tol).all()), f"{what}: |error| {err.flatten()[worst]:.6g} > {tol.flatten()[worst]:.6g}"
+
+
+@pytest.fixture(params=[True, False], ids=["fused", "fallback"])
+def kernel(request, monkeypatch):
+    """Both lookup paths: FBGEMM's fused byte row-wise bag kernel, and the gather + embedding_bag
+    fallback (used off CPU). Without the fused op both would test the fallback."""
+    if not quantized_module._fused_kernel_available(torch.device("cpu")):
+        pytest.skip("this torch build has no quantized::embedding_bag_byte_rowwise_offsets")
+    if not request.param:
+        monkeypatch.setattr(quantized_module, "_fused_kernel_available", lambda device: False)
+    return request.param
+
+
+@pytest.mark.parametrize("scheme", ["rowwise", "table"])
+def test_one_hot_lookup_is_dequantized_rows(scheme, kernel):
+    w = _weights()
+    packed = quantize(w, SIZES, scheme)
+    tables = QuantizedEmbeddingTables(packed, SIZES, scheme)
+    assert tables.dim == DIM and tables.table_sizes == SIZES and tables.memory_bytes() == sum(SIZES) * (DIM + 8)
+    g = torch.Generator().manual_seed(1)
+    batch = 40
+    indices = torch.stack([torch.randint(0, n, (batch,), generator=g) for n in SIZES], dim=1)  # (B, F)
+    pooled = tables(indices)
+    assert pooled.shape == (batch, len(SIZES), DIM) and pooled.dtype == torch.float32
+    rows = indices + torch.tensor(np.concatenate([[0], np.cumsum(SIZES)[:-1]]))  # (B, F) fused rows
+    exact, s = _exact_rows(packed)
+    steps = s[rows][..., None].expand(-1, -1, DIM)
+    _assert_within(pooled, exact[rows], _eval_rounding(steps, exact[rows]), "lookup vs exact rows")
+    # dequantize() computes the same rows (float32 rounding apart)
+    _assert_within(pooled, dequantize(packed)[rows].double(), 2 * _eval_rounding(steps, exact[rows]),
+                   "lookup vs dequantize()")
+    # and they are within half a step of the FP32 tables' rows
+    fp32 = _fp32_tables(w)(indices)
+    _assert_within(pooled, fp32.double(), steps / 2 + _quantize_rounding(steps, fp32.double()),
+                   "lookup vs FP32 tables")
+
+
+@pytest.mark.parametrize("scheme", ["rowwise", "table"])
+def test_bags_are_sums_of_dequantized_rows(scheme, kernel):
+    w = _weights(seed=3)
+    packed = quantize(w, SIZES, scheme)
+    tables = QuantizedEmbeddingTables(packed, SIZES, scheme)
+    batch = 9
+    indices, offsets, bag_rows = _bags(batch, seed=4)
+    assert any(not r for r in bag_rows) and any(len(r) == 4 for r in bag_rows)  # empty and full bags
+    pooled = tables(indices, offsets)
+    assert pooled.shape == (batch, len(SIZES), DIM) and pooled.dtype == torch.float32
+    want, tol_int8, tol_vs_fp32 = _bag_expectation(packed, w, bag_rows, batch)
+    _assert_within(pooled, want, tol_int8, "bags vs exact sums of dequantized rows")
+    fp32 = _fp32_tables(w)(indices, offsets)
+    _assert_within(pooled, fp32.double(), tol_vs_fp32, "bags vs FP32 tables")
+
+
+@pytest.mark.parametrize("scheme", ["rowwise", "table"])
+def test_fused_and_fallback_paths_agree(scheme, monkeypatch):
+    if not quantized_module._fused_kernel_available(torch.device("cpu")):
+        pytest.skip("this torch build has no quantized::embedding_bag_byte_rowwise_offsets")
+    w = _weights(seed=5)
+    packed = quantize(w, SIZES, scheme)
+    tables = QuantizedEmbeddingTables(packed, SIZES, scheme)
+    batch = 12
+    indices, offsets, bag_rows = _bags(batch, seed=6)
+    one_hot = torch.stack([torch.randint(0, n, (batch,), generator=torch.Generator().manual_seed(7))
+                           for n in SIZES], dim=1)
+    fused = tables(indices, offsets), tables(one_hot)
+    monkeypatch.setattr(quantized_module, "_fused_kernel_available", lambda device: False)
+    fallback = tables(indices, offsets), tables(one_hot)
+    # each path is within tol_int8 of the exact sums, so they are within twice that of each other
+    _, tol_int8, _ = _bag_expectation(packed, w, bag_rows, batch)
+    _assert_within(fused[0], fallback[0].double(), 2 * tol_int8, "bags: fused vs fallback")
+    rows = one_hot + torch.tensor(np.concatenate([[0], np.cumsum(SIZES)[:-1]]))
+    exact, s = _exact_rows(packed)
+    steps = s[rows][..., None].expand(-1, -1, DIM)
+    _assert_within(fused[1], fallback[1].double(), 2 * _eval_rounding(steps, exact[rows]), "one-hot: fused vs fallback")
+
+
+@pytest.mark.parametrize("packed, match", [
+    (torch.zeros(27, DIM + 8, dtype=torch.float32), "uint8"),
+    (torch.zeros(27, DIM + 8, dtype=torch.int8), "uint8"),
+    (torch.zeros(27 * (DIM + 8), dtype=torch.uint8), "rows, dim"),
+    (torch.zeros(1, 27, DIM + 8, dtype=torch.uint8), "rows, dim"),
+    (torch.zeros(27, 8, dtype=torch.uint8), "rows, dim"),
+    (torch.zeros(26, DIM + 8, dtype=torch.uint8), "26 rows"),
+    (torch.zeros(28, DIM + 8, dtype=torch.uint8), "28 rows"),
+], ids=["float32", "int8", "1d", "3d", "no_codes", "too_few_rows", "too_many_rows"])
+def test_bad_packed_tables(packed, match):
+    assert sum(SIZES) == 27
+    with pytest.raises(ValueError, match=match):
+        QuantizedEmbeddingTables(packed, SIZES, "rowwise")
+
+
+# --- quantized models -------------------------------------------------------------------------
+
+SMALL_KAGGLE = tuple(max(3, c // 20_000) for c in KAGGLE_CARDINALITIES)  # Kaggle's shape, 3..505 rows
+MODELS = {"tiny": preset("tiny", SMALL_KAGGLE), "kaggle": preset("kaggle", SMALL_KAGGLE)}
+INT8_TABLES = ["int8-rowwise", "int8-table"]
+
+
+def _inputs(cfg: ModelConfig, batch: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    dense = torch.log1p(torch.rand(batch, cfg.num_dense, generator=g) * 100)  # (B, Nd) like log(1+x)
+    indices = torch.stack([torch.randint(0, n, (batch,), generator=g) for n in cfg.table_sizes], dim=1)  # (B, F)
+    return dense, indices
+
+
+def _multi_hot(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same lookups as bags: table-major flat indices, each bag its one-hot row plus row 0."""
+    batch, num_tables = indices.shape
+    flat = torch.stack([indices.t(), torch.zeros_like(indices.t())], dim=2).reshape(-1)  # (F*B*2,)
+    return flat, torch.arange(num_tables * batch) * 2
+
+
+@pytest.mark.parametrize("arch", sorted(MODELS))
+@pytest.mark.parametrize("embeddings", INT8_TABLES)
+def test_quantized_model_embedding_layer_bound(arch, embeddings):
+    cfg = MODELS[arch]
+    fp32 = build_model(cfg, seed=1).eval()
+    model = quantize_model(copy.deepcopy(fp32), Precision(embeddings, "fp32"))
+    assert isinstance(model.embeddings, QuantizedEmbeddingTables) and not model.training
+    assert model.embeddings.scheme == embeddings.removeprefix("int8-")
+    _, indices = _inputs(cfg, 64, seed=2)
+    with torch.no_grad():
+        got, want = model.embeddings(indices).double(), fp32.embeddings(indices).double()  # (B, F, D)
+    rows = indices + fp32.embeddings.row_offsets
+    steps = unpack(model.embeddings.packed)[1].double()[rows][..., None].expand_as(want)
+    _assert_within(got, want, steps / 2 + _quantize_rounding(steps, want), "int8 tables vs FP32 tables")
+    # the MLPs are left alone
+    for name in ("bottom", "top"):
+        ours, theirs = getattr(model, name).state_dict(), getattr(fp32, name).state_dict()
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), name
+
+
+@pytest.mark.parametrize("arch", sorted(MODELS))
+@pytest.mark.parametrize("embeddings", INT8_TABLES)
+def test_int8_tables_equal_dequantized_fp32_tables_in_the_model(arch, embeddings):
+    """The kernel in isolation: the same network with FP32 tables holding the dequantized rows.
+    The pooled vectors then differ by float32 rounding only (a few ulps, bounded above), which the
+    MLPs turn into logit differences far below 1e-5 for logits of order 1."""
+    cfg = MODELS[arch]
+    model = quantize_model(build_model(cfg, seed=3), Precision(embeddings, "fp32"))
+    same = build_model(cfg, seed=3).eval()
+    with torch.no_grad():
+        same.embeddings.weight.copy_(dequantize(model.embeddings.packed))
+    dense, indices = _inputs(cfg, 256, seed=4)
+    flat, offsets = _multi_hot(indices)
+    with torch.no_grad():
+        logits = model(dense, indices)
+        assert logits.shape == (256,) and float(logits.abs().max()) < 100
+        torch.testing.assert_close(logits, same(dense, indices), rtol=0, atol=1e-5)
+        torch.testing.assert_close(model(dense, flat, offsets), same(dense, flat, offsets), rtol=0, atol=1e-5)
+
+
+def test_quantize_model_mlp_precisions_and_table_bytes():
+    cfg = MODELS["tiny"]
+    rows, dim = sum(cfg.table_sizes), cfg.embedding_dim
+    fp32 = build_model(cfg, seed=0)
+    assert embedding_bytes(fp32) == rows * dim * 4
+    same = quantize_model(fp32, Precision())
+    assert same is fp32 and isinstance(same.embeddings, EmbeddingTables) and not same.training
+    bf16 = quantize_model(build_model(cfg, seed=0), Precision("int8-table", "bf16"))
+    assert embedding_bytes(bf16) == rows * (dim + 8)  # bf16 is autocast at run time: weights stay FP32
+    assert all(p.dtype == torch.float32 for p in bf16.parameters())
+    int8 = quantize_model(build_model(cfg, seed=0), Precision("fp32", "int8"))
+    assert isinstance(int8.embeddings, EmbeddingTables)
+    linears = [m for m in int8.modules() if type(m).__name__ == "Linear"]
+    assert linears and all(type(m).__module__.startswith("torch.ao.nn.quantized.dynamic") for m in linears)
+    # bench quantizes a loaded inference model again: that must change nothing
+    dense, indices = _inputs(cfg, 32, seed=1)
+    with torch.no_grad():
+        before = int8(dense, indices)
+        assert torch.equal(quantize_model(int8, Precision("fp32", "int8"))(dense, indices), before)
+
+
+# --- AUC of each precision on synthetic data ---------------------------------------------------
+
+ALL_PRECISIONS = [Precision(e, m) for e in ("fp32", "int8-rowwise", "int8-table") for m in ("fp32", "bf16", "int8")]
+
+
+def _auc(model, cfg: ModelConfig, precision: Precision, dense: np.ndarray, sparse: np.ndarray,
+         labels: np.ndarray) -> float:
+    """AUC of ``model`` in ``precision`` as the benchmark runs it (TorchPredictor: bf16 by autocast)."""
+    quantized = quantize_model(copy.deepcopy(model), precision)
+    probs = TorchPredictor(quantized, cfg.max_index_range, precision=precision)(dense, sparse)
+    return roc_auc(labels, probs.astype(np.float64))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny DLRM trained briefly (400 steps of 1024, ~4 s on one thread) on 100k synthetic rows,
+    and its test split (~7k pairs)."""
+    from dlrmkit.checkpoint import load_checkpoint, model_from_checkpoint
+    from dlrmkit.train.loop import train
+
+    root = tmp_path_factory.mktemp("quantize_auc")
+    synth.write_binary(SynthConfig(rows=100_000, seed=7, cardinality_scale=0.001, workers=1), root / "data",
+                       progress=False)
+    dataset = Dataset(root / "data")
+    cfg = preset("tiny", dataset.table_sizes)
+    train(root / "data", root / "run", cfg, TrainConfig(optimizer="adagrad", learning_rate=0.05, batch_size=1024,
+                                                        max_steps=400, threads=1, eval_max_rows=1000),
+          progress=False)
+    model, _ = model_from_checkpoint(load_checkpoint(root / "run" / "checkpoint.pt"))
+    test = dataset.split("test")
+    arrays = (np.array(test.dense), np.array(test.sparse), np.asarray(test.label, dtype=np.float64))
+    fp32_auc = _auc(model, cfg, Precision(), *arrays)
+    assert fp32_auc > 0.65, f"the model did not learn (test AUC {fp32_auc:.4f}): the ratios below would mean little"
+    return model, cfg, arrays, fp32_auc
+
+
+@pytest.mark.parametrize("precision", ALL_PRECISIONS, ids=lambda p: f"{p.embeddings}-{p.mlp}")
+def test_every_precision_keeps_99_percent_of_fp32_auc(trained, precision):
+    model, cfg, arrays, fp32_auc = trained
+    auc = _auc(model, cfg, precision, *arrays)
+    assert auc >= 0.99 * fp32_auc, f"{precision}: AUC {auc:.5f}, FP32 {fp32_auc:.5f}"
+    if precision.is_fp32:
+        assert auc == fp32_auc
+
+
+@pytest.mark.parametrize("config_ver, target", [("default", 0.99), ("high_accuracy", 0.999)])
+def test_config_version_precision_meets_its_target_synthetic(trained, config_ver, target):
+    model, cfg, arrays, fp32_auc = trained
+    precision = PRECISION_FOR_CONFIG_VER[config_ver]
+    auc = _auc(model, cfg, precision, *arrays)
+    assert auc >= target * fp32_auc, f"{config_ver} ({precision}): AUC {auc:.5f}, FP32 {fp32_auc:.5f}"
+
+
+# --- AUC on real Criteo rows: the DLRM reference's checkpoint ----------------------------------
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+FB = SHARED / "reference_models" / "fb_kaggle_real"
+FB_CHECKPOINT = FB / "fb_kaggle_real.pt"
+FB_NPZ = FB / "fb_processed" / "kaggleAdDisplayChallenge_processed.npz"
+FB_DAYS = FB / "fb_processed" / "train_day_count.npz"
+REFERENCE_TEST_AUC = 0.688054  # README.md there: the reference's own predictions on its 722 test rows
+
+
+@pytest.fixture(scope="module")
+def real_rows():
+    """The reference checkpoint and its test split (the reference's arrays: log(x + 1) as it
+    computes it, its dictionary indices; test = the first ceil(m/2) rows of the last 'day')."""
+    missing = [str(p) for p in (FB_CHECKPOINT, FB_NPZ, FB_DAYS) if not p.exists()]
+    if missing:
+        pytest.skip(f"../shared/reference_models/fb_kaggle_real not present (real Criteo rows are not in the "
+                    f"repository, licence); missing {missing}")
+    model, cfg, precision, kind, _ = load_for_inference(FB_CHECKPOINT)
+    assert kind == "reference" and precision == Precision()
+    with np.load(FB_DAYS) as z:
+        days = [int(d) for d in z[z.files[0]]]
+    start = sum(days[:-1])
+    rows = slice(start, start + (days[-1] + 1) // 2)
+    with np.load(FB_NPZ) as z:
+        dense = torch.log(torch.tensor(z["X_int"][rows], dtype=torch.float) + 1).numpy()
+        sparse, labels = z["X_cat"][rows].astype(np.int64), z["y"][rows].astype(np.float64)
+    fp32_auc = _auc(model, cfg, Precision(), dense, sparse, labels)
+    assert labels.shape == (722,)
+    assert fp32_auc == pytest.approx(REFERENCE_TEST_AUC, abs=1e-6)  # the right rows, the right model
+    return model, cfg, (dense, sparse, labels), fp32_auc
+
+
+@pytest.mark.parametrize("config_ver, target", [("default", 0.99), ("high_accuracy", 0.999)])
+def test_config_version_precision_meets_its_target_real_rows(real_rows, config_ver, target):
+    model, cfg, arrays, fp32_auc = real_rows
+    precision = PRECISION_FOR_CONFIG_VER[config_ver]
+    auc = _auc(model, cfg, precision, *arrays)
+    assert auc >= target * fp32_auc, f"{config_ver} ({precision}): AUC {auc:.6f}, FP32 {fp32_auc:.6f}"
+
+
+# --- the inference checkpoint -----------------------------------------------------------------
+
+CKPT_CFG = preset("tiny", SMALL_KAGGLE)
+
+
+def _predictions(model, precision: Precision, seed: int = 9) -> np.ndarray:
+    dense, indices = _inputs(CKPT_CFG, 300, seed)
+    return TorchPredictor(model, CKPT_CFG.max_index_range, precision=precision)(dense.numpy(), indices.numpy())
+
+
+@pytest.mark.parametrize("mlp", ["fp32", "bf16", "int8"])
+@pytest.mark.parametrize("embeddings", ["int8-rowwise", "int8-table", "fp32"])
+def test_inference_checkpoint_round_trip(tmp_path, embeddings, mlp):
+    precision = Precision(embeddings, mlp)
+    model = build_model(CKPT_CFG, seed=4)
+    fp32_state = {k: v.clone() for k, v in model.state_dict().items()}
+    if embeddings != "fp32":
+        quantize_embeddings(model, embeddings.removeprefix("int8-"))
+    path = save_inference_checkpoint(tmp_path / "q.pt", model, CKPT_CFG, precision, source="/somewhere/fp32.pt")
+    quantize_model(model, precision)  # in memory: int8 MLPs now (the file keeps FP32 weights)
+
+    payload = torch.load(path, weights_only=True)
+    state = payload["state_dict"]
+    for key, value in fp32_state.items():
+        if key.startswith(("bottom.", "top.")):
+            assert torch.equal(state[key], value), key  # FP32 MLP weights in the file
+    assert ("embeddings.packed" in state) == (embeddings != "fp32")
+    assert ("embeddings.weight" in state) == (embeddings == "fp32")
+
+    loaded, cfg, got_precision, kind, source = load_for_inference(path)
+    assert kind == "inference" and got_precision == precision and cfg == CKPT_CFG and source == "/somewhere/fp32.pt"
+    assert not loaded.training
+    if embeddings != "fp32":
+        assert isinstance(loaded.embeddings, QuantizedEmbeddingTables)
+        packed = loaded.embeddings.packed
+        assert packed.dtype == torch.uint8 and torch.equal(packed, model.embeddings.packed)
+        assert embedding_bytes(loaded) == sum(CKPT_CFG.table_sizes) * (CKPT_CFG.embedding_dim + 8)
+    else:
+        assert torch.equal(loaded.embeddings.weight, fp32_state["embeddings.weight"])
+    if mlp == "int8":  # re-quantized at load, deterministically: the same int8 weights and scales
+        ours = [m for m in model.modules() if type(m).__module__.startswith("torch.ao.nn.quantized.dynamic")]
+        theirs = [m for m in loaded.modules() if type(m).__module__.startswith("torch.ao.nn.quantized.dynamic")]
+        assert len(ours) == len(theirs) == len(CKPT_CFG.bottom_mlp) - 1 + len(CKPT_CFG.top_mlp)
+        for a, b in zip(ours, theirs):
+            assert torch.equal(a.weight().int_repr(), b.weight().int_repr())
+            assert a.weight().q_scale() == b.weight().q_scale() and torch.equal(a.bias(), b.bias())
+    np.testing.assert_array_equal(_predictions(loaded, got_precision), _predictions(model, precision))
+
+
+@pytest.fixture
+def inference_file(tmp_path):
+    model = build_model(CKPT_CFG, seed=4)
+    quantize_embeddings(model, "rowwise")
+    return save_inference_checkpoint(tmp_path / "q.pt", model, CKPT_CFG, Precision("int8-rowwise", "fp32"))
+
+
+def _rewrite(path: Path, edit) -> Path:
+    payload = torch.load(path, weights_only=True)
+    edit(payload)
+    torch.save(payload, path)
+    return path
+
+
+@pytest.mark.parametrize("version", [INFERENCE_VERSION + 1, 0, None])
+def test_inference_checkpoint_version_mismatch(inference_file, version):
+    _rewrite(inference_file, lambda p: p.update(version=version))
+    with pytest.raises(CheckpointError, match=f"version {version}"):
+        load_for_inference(inference_file)
+
+
+def test_inference_checkpoint_without_packed_tables(inference_file):
+    _rewrite(inference_file, lambda p: p["state_dict"].pop("embeddings.packed"))
+    with pytest.raises(CheckpointError, match="embeddings.packed"):
+        load_for_inference(inference_file)
+
+
+def test_inference_checkpoint_with_wrong_packed_shape(inference_file):
+    _rewrite(inference_file, lambda p: p["state_dict"].update({"embeddings.packed": p["state_dict"]["embeddings.packed"][:-1]}))
+    with pytest.raises(CheckpointError, match=str(inference_file)):
+        load_for_inference(inference_file)
+
+
+def test_inference_checkpoint_without_precision(inference_file):
+    _rewrite(inference_file, lambda p: p.pop("precision"))
+    with pytest.raises(CheckpointError, match="incomplete"):
+        load_for_inference(inference_file)
+
+
+def test_load_for_inference_on_a_training_checkpoint(tmp_path):
+    model = build_model(CKPT_CFG, seed=6)
+    path = save_checkpoint(tmp_path / "fp32.pt", model, CKPT_CFG)
+    loaded, cfg, precision, kind, source = load_for_inference(path)
+    assert kind == "dlrmkit" and precision == Precision() and precision.is_fp32 and cfg == CKPT_CFG
+    assert source == str(path) and not loaded.training
+    np.testing.assert_array_equal(_predictions(loaded, precision), _predictions(model.eval(), Precision()))
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_for_inference(tmp_path / "missing.pt")
+
+
+
+def test_loading_int8_tables_does_not_build_fp32_tables(tmp_path):
+    """Int8 checkpoints exist for tables too large in FP32 (Terabyte capped at 40M rows: ~100 GB
+    FP32, ~28 GB int8), so loading one must not allocate the FP32 tables first. In a fresh
+    process, loading raises the peak resident memory by less than the FP32 tables' bytes (the
+    int8 tables are (D + 8) / 4D = 31% of them here: room for a second copy of them)."""
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("needs /proc/self/status (Linux) to read the peak resident memory")
+    rows, dim = 1 << 21, 32  # FP32 tables 256 MiB, int8 80 MiB
+    cfg = ModelConfig((rows,), dim, (13, dim), (1,))
+    model = build_model(cfg, seed=0, sparse_grad=False)
+    quantize_embeddings(model, "rowwise")
+    path = save_inference_checkpoint(tmp_path / "q.pt", model, cfg, Precision("int8-rowwise", "fp32"))
+    del model
+    # VmHWM: this process's peak resident memory (ru_maxrss would carry the parent's over exec)
+    script = ("import re, sys\n"
+              "from dlrmkit.infer.quantize import load_for_inference\n"
+              "status = lambda: open('/proc/self/status').read()\n"
+              "peak = lambda: int(re.search(r'VmHWM:\\s*(\\d+) kB', status()).group(1)) * 1024\n"
+              "before = peak()\n"
+              "model = load_for_inference(sys.argv[1])[0]\n"
+              "assert model.embeddings.packed.shape == (%d, %d)\n"
+              "print(peak() - before)\n" % (rows, dim + 8))
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    grown = int(done.stdout)
+    assert grown < rows * dim * 4, f"loading raised peak memory by {grown / 2**20:.0f} MiB"
+
+# --- the predictor ----------------------------------------------------------------------------
+
+def test_torch_predictor_runs_the_mlps_in_its_precision():
+    """bf16 MLPs are autocast at run time; the int8 parts live in the model itself."""
+    cfg = CKPT_CFG
+    model = quantize_model(build_model(cfg, seed=2), Precision("int8-rowwise", "bf16"))
+    dense, indices = _inputs(cfg, 500, seed=3)
+    bf16 = TorchPredictor(model, precision=Precision("int8-rowwise", "bf16"), max_pairs_per_call=128)
+    fp32 = TorchPredictor(model, precision=Precision("int8-rowwise", "fp32"), max_pairs_per_call=128)
+    assert bf16.name == "pytorch emb-int8-rowwise mlp-bf16" and fp32.name == "pytorch emb-int8-rowwise mlp-fp32"
+    want = {}
+    with torch.no_grad():
+        for name, enabled in (("fp32", False), ("bf16", True)):
+            chunks = []
+            for lo in range(0, 500, 128):  # the predictor's calls: 128 pairs each
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+                    logits = model(dense[lo:lo + 128], indices[lo:lo + 128])
+                chunks.append(torch.sigmoid(logits.float()).numpy())
+            want[name] = np.concatenate(chunks)
+    got_fp32, got_bf16 = fp32(dense.numpy(), indices.numpy()), bf16(dense.numpy(), indices.numpy())
+    assert got_fp32.shape == got_bf16.shape == (500,) and got_bf16.dtype == np.float32
+    np.testing.assert_array_equal(got_fp32, want["fp32"])
+    np.testing.assert_array_equal(got_bf16, want["bf16"])
+    assert not np.array_equal(got_bf16, got_fp32)  # bf16 did run
+
+
+def test_lazy_predictor_builds_once_on_first_call():
+    cfg = CKPT_CFG
+    model = build_model(cfg, seed=2)
+    built = []
+
+    def build():
+        built.append(1)
+        return TorchPredictor(model)
+
+    lazy = LazyPredictor(build)
+    assert built == [] and lazy.name == "lazy"
+    dense, indices = _inputs(cfg, 20, seed=1)
+    first = lazy(dense.numpy(), indices.numpy())
+    second = lazy(dense.numpy(), indices.numpy())
+    assert built == [1] and lazy.name == "pytorch emb-fp32 mlp-fp32"
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_array_equal(first, TorchPredictor(model)(dense.numpy(), indices.numpy()))
