@@ -80,6 +80,34 @@ def accuracy(checkpoint: str, data: str) -> list[dict]:
     return out
 
 
+def placement(data: str, pairs: int = 40960, seconds: float = 4.0) -> list[dict]:
+    """Row layouts of the kaggle model on DATA's tables, fed DATA's test rows: file order, a random
+    order (as hashed indices scatter hot rows), sorted across tables, sorted within tables."""
+    from dlrmkit.data.dataset import Dataset
+    from dlrmkit.infer.placement import frequency_order, reorder_rows, row_counts
+
+    dataset = Dataset(data)
+    test = dataset.split("test")
+    dense, sparse = np.array(test.dense[:pairs]), np.array(test.sparse[:pairs])
+    base = build_model(preset("kaggle", dataset.table_sizes), seed=0, sparse_grad=False).eval()
+    counts = row_counts(dataset, dataset.table_sizes)
+    layouts = {"file": None, "random": np.random.default_rng(0).permutation(counts.size),
+               "across tables": frequency_order(counts), "within tables": frequency_order(counts, dataset.table_sizes)}
+    out = []
+    for precision in (Precision(), Precision("int8-rowwise", "bf16")):
+        for name, order in layouts.items():
+            model = copy.deepcopy(base)
+            if order is not None:
+                reorder_rows(model, order)
+            predict = TorchPredictor(quantize_model(model, precision), precision=precision)
+            rows = sparse if predict.prepare is None else predict.prepare(sparse)
+            rate = pairs / seconds_per_call(lambda: predict(dense, rows), 3, 2, 5)
+            out.append({"precision": precision.to_dict(), "layout": name, "pairs_per_s": rate})
+            print(f"| {precision.embeddings} / {precision.mlp} | {name} | {rate / 1e3:,.1f}k |", flush=True)
+            del model, predict
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shapes", default="kaggle,terabyte")
@@ -90,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--checkpoint")
     p.add_argument("--data")
+    p.add_argument("--placement-data", help="also compare row layouts on this dataset's tables and test rows")
     p.add_argument("--json")
     args = p.parse_args(argv)
     retain_freed_memory()  # as the dlrmkit CLI does
@@ -108,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         print("| tables | MLPs | AUC | of FP32 |")
         print("|---|---|---|---|")
         results["accuracy"] = accuracy(args.checkpoint, args.data)
+    if args.placement_data:
+        print(f"\nrow layouts, {args.placement_data}: pairs/s over its first 40,960 test pairs")
+        print("| tables / MLPs | layout | pairs/s |")
+        print("|---|---|---|")
+        results["placement"] = placement(args.placement_data)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

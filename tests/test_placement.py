@@ -48,6 +48,12 @@ def test_frequency_order_puts_the_hottest_rows_first_and_keeps_ties_in_order():
     assert remap.dtype == np.int32 and remap[order].tolist() == list(range(5))
 
 
+def test_frequency_order_within_tables_keeps_tables_contiguous():
+    counts = np.array([1, 5, 5, 0, 9, 2])  # tables of 2, 3 and 1 rows
+    order = frequency_order(counts, (2, 3, 1))
+    assert order.tolist() == [1, 0, 4, 2, 3, 5]
+
+
 def test_row_counts_from_the_train_split(binary):
     sizes = binary.table_sizes
     counts = row_counts(binary, sizes)
@@ -82,9 +88,12 @@ def test_placed_model_predicts_exactly_what_the_original_does(binary, precision)
     dense, sparse = np.array(test.dense[:3000]), np.array(test.sparse[:3000])
     assert placed.prepare is not None and original.prepare is None
     np.testing.assert_array_equal(placed(dense, placed.prepare(sparse)), original(dense, sparse))
-    # the hottest row of all tables is row 0 of the placed layout
+    # each table's hottest row is the first of its table in the placed layout
     counts = row_counts(binary, binary.table_sizes)
-    assert placed.prepare(sparse).min() == 0 and counts.argmax() == frequency_order(counts)[0]
+    starts = np.concatenate([[0], np.cumsum(binary.table_sizes)[:-1]])
+    hottest = [int(np.argmax(counts[a:a + n])) for a, n in zip(starts, binary.table_sizes)]
+    remapped = placed.prepare(np.array([hottest], dtype=np.int32))
+    np.testing.assert_array_equal(remapped[0], starts)
 
 
 def test_placement_applies_max_index_range_before_remapping():

@@ -1,9 +1,9 @@
 """Row placement by access frequency (the NVIDIA MLPerf submission's hot/cold split).
 
-The tables' rows are reordered so that the most frequently looked-up rows of all tables sit
-together at the front of the fused table: on CPU a compact block that stays in cache (full Kaggle
-tables, 2.1 GB: a batch of 2048 lookups took 1.79 ms in file order and 0.28 ms sorted); with a
-GPU, the first ``hot_rows`` rows are what goes to device memory (see TieredEmbeddingTables).
+Each table's rows are reordered so that its most frequently looked-up rows come first: on CPU
+the rows a batch touches crowd into few cache lines and pages. What preprocessing with
+``--vocab frequency`` does for the indices, this does for a model trained on any vocabulary
+(hashed indices scatter the hot rows across the table).
 
 The inputs follow the rows: ``remap[table_offset + index]`` is a pair's row in the new layout.
 Remapping is a random gather into an array as large as the tables, as slow as the lookup it
@@ -46,9 +46,15 @@ def row_counts(dataset: Dataset, table_sizes: tuple[int, ...]) -> np.ndarray:
     return counts
 
 
-def frequency_order(counts: np.ndarray) -> np.ndarray:
-    """Old fused row of each new row, hottest first (ties keep their order): (R,) int64."""
-    return np.argsort(-counts, kind="stable")
+def frequency_order(counts: np.ndarray, table_sizes: tuple[int, ...] | None = None) -> np.ndarray:
+    """Old fused row of each new row, hottest first (ties keep their order): (R,) int64.
+
+    With ``table_sizes`` each table's rows are sorted within the table (tables stay contiguous);
+    without, the rows of all tables are sorted together."""
+    if table_sizes is None:
+        return np.argsort(-counts, kind="stable")
+    table = np.repeat(np.arange(len(table_sizes)), table_sizes)
+    return np.lexsort((-counts, table))  # by table, then hottest first
 
 
 def inverse(order: np.ndarray) -> np.ndarray:
@@ -82,8 +88,14 @@ def mark_placed(model: DLRM, row_remap: torch.Tensor) -> None:
 
 
 def place_by_frequency(model: DLRM, dataset: Dataset) -> None:
-    """Reorder the model's rows by the dataset's training lookups, hottest first (in place)."""
-    reorder_rows(model, frequency_order(row_counts(dataset, tuple(model.embeddings.table_sizes))))
+    """Reorder each table's rows by the dataset's training lookups, hottest first (in place).
+
+    Within tables, so tables stay contiguous as a ``--vocab frequency`` dataset's own indices
+    are. On the project's 2-core CPU the layouts (file, random, sorted across or within tables)
+    ran within run-to-run noise of each other (BENCHMARKS.md): lookups are a small share of a
+    forward pass there."""
+    sizes = tuple(model.embeddings.table_sizes)
+    reorder_rows(model, frequency_order(row_counts(dataset, sizes), sizes))
 
 
 def remap_indices(sparse: np.ndarray, remap: np.ndarray, table_sizes: tuple[int, ...],
