@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from dlrmkit.config import TrainConfig
 from dlrmkit.demo import run_demo
 
@@ -19,8 +21,10 @@ def test_demo_runs_the_whole_road_and_reports_the_bench_table(tmp_path, capsys):
     for scenario in ("Offline", "Server"):
         perf, acc = rows[scenario, "PerformanceOnly"], rows[scenario, "AccuracyOnly"]
         assert perf["samples_per_second"] > 0 and perf["result_validity"] in ("VALID", "INVALID")
-        # the accuracy run covers the whole test split, so its AUC is evaluate's
-        assert abs(acc["roc_auc"] - result["test_auc"]) < 1e-6
+        # the accuracy run covers the whole test split in the default precision (int8 tables, bf16
+        # MLPs); its reference is evaluate's FP32 AUC on the same rows
+        assert acc["threshold"] == pytest.approx(0.99 * result["test_auc"])
+        assert acc["roc_auc"] != result["test_auc"] and abs(acc["roc_auc"] - result["test_auc"]) < 0.01
         assert acc["accuracy_pass"] is True
         assert (tmp_path / "bench" / f"{scenario}-AccuracyOnly" / "mlperf_log_accuracy.json").exists()
         assert (tmp_path / "bench" / f"{scenario}-PerformanceOnly" / "result.json").exists()

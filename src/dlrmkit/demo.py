@@ -7,18 +7,20 @@ what a user wants to see: test AUC beside the oracle AUC, throughput, and where 
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from pathlib import Path
 
 from dlrmkit.bench.run import run_benchmark
 from dlrmkit.checkpoint import load_checkpoint, model_from_checkpoint
-from dlrmkit.config import (MLPERF_QUERY_SIZE_QUANTILE, AggregationConfig, BenchConfig, PreprocessConfig,
-                            SynthConfig, TrainConfig, preset)
+from dlrmkit.config import (MLPERF_QUERY_SIZE_QUANTILE, PRECISION_FOR_CONFIG_VER, AggregationConfig, BenchConfig,
+                            PreprocessConfig, SynthConfig, TrainConfig, preset)
 from dlrmkit.data import synth
 from dlrmkit.data.preprocess import preprocess
 from dlrmkit.data.dataset import Dataset, write_json_atomic
 from dlrmkit.infer import TorchPredictor
+from dlrmkit.infer.quantize import quantize_model
 from dlrmkit.train.evaluate import evaluate
 from dlrmkit.train.loop import train
 
@@ -54,10 +56,12 @@ def run_demo(out: str | os.PathLike, rows: int = DEMO_ROWS, seed: int = 0, train
     model, cfg = model_from_checkpoint(load_checkpoint(run_dir / "checkpoint.pt"))
     test = evaluate(model, dataset.split("test"), max_index_range=cfg.max_index_range)
     bench_dir = out / "bench"
-    print(f"[5/5] bench: MLPerf LoadGen, Offline and Server, performance and accuracy (--fast) -> {bench_dir}",
-          flush=True)
-    bench = run_bench_table(TorchPredictor(model, cfg.max_index_range), dataset, test["auc"], bench_dir,
-                            bench_duration_ms)
+    precision = PRECISION_FOR_CONFIG_VER["default"]
+    print(f"[5/5] bench: MLPerf LoadGen, Offline and Server, performance and accuracy (--fast), {precision} "
+          f"(the default config version's) -> {bench_dir}", flush=True)
+    quantized = quantize_model(copy.deepcopy(model), precision)
+    bench = run_bench_table(TorchPredictor(quantized, cfg.max_index_range, precision=precision), dataset,
+                            test["auc"], bench_dir, bench_duration_ms)
     result = {
         "test_auc": test["auc"],
         "oracle_test_auc": meta["oracle_auc"]["test"],
@@ -97,7 +101,7 @@ def run_bench_table(predict, dataset: Dataset, fp32_auc: float, out: Path,
     rows = []
     for scenario in ("Offline", "Server"):
         for mode in ("PerformanceOnly", "AccuracyOnly"):
-            # The test split is the whole accuracy set, so evaluate's AUC is the FP32 reference.
+            # The test split is the whole accuracy set, so evaluate's AUC (FP32) is the reference.
             cfg = BenchConfig(scenario=scenario, test_mode=mode, fast=True, duration_ms=duration_ms,
                               reference_auc=fp32_auc)
             r = run_benchmark(predict, dataset.split("test"), cfg, aggregation, out / f"{scenario}-{mode}",
