@@ -1,4 +1,5 @@
-"""Inference variants side by side: FP32, bf16 and int8 MLPs, int8 tables (row-wise, per table).
+"""Inference variants side by side: FP32, bf16 and int8 MLPs, int8 tables (row-wise, per table),
+and the torch.compile and ONNX Runtime backends.
 
     python benchmarks/bench_inference.py [--shapes kaggle,terabyte] [--batch-size 2048] [--threads 2]
         [--checkpoint CKPT --data DATA]   # also each variant's AUC on DATA's test split
@@ -30,6 +31,7 @@ from dlrmkit.model import build_model
 from timing import seconds_per_call
 
 REFERENCE = {"kaggle": 99_000, "terabyte": 26_000}  # DLRM reference forward, samples/s, this machine
+DEFAULT = Precision("int8-rowwise", "bf16")
 VARIANTS = [Precision("fp32", "fp32"), Precision("fp32", "bf16"), Precision("int8-rowwise", "fp32"),
             Precision("int8-table", "fp32"), Precision("int8-rowwise", "int8"), Precision("int8-rowwise", "bf16"),
             Precision("int8-table", "bf16")]
@@ -47,15 +49,25 @@ def speed(shape: str, rows: int, batch: int, steps: int, repeats: int) -> list[d
     dense = rng.random((batch, 13), dtype=np.float32)
     sparse = rng.integers(0, rows, (batch, 26)).astype(np.int32)
     out = []
-    for precision in VARIANTS:
+    runs = [("torch", p) for p in VARIANTS] + [("torch-compile", Precision()), ("torch-compile", DEFAULT),
+                                               ("onnxruntime", Precision())]
+    for backend, precision in runs:
         model = quantize_model(copy.deepcopy(base), precision)
-        predict = TorchPredictor(model, precision=precision)
+        if backend == "onnxruntime":
+            import tempfile
+
+            from dlrmkit.infer.onnx_backend import OnnxPredictor, export_onnx
+
+            with tempfile.TemporaryDirectory() as tmp:
+                predict = OnnxPredictor(export_onnx(model, f"{tmp}/m.onnx", cfg.num_dense), threads=torch.get_num_threads())
+        else:
+            predict = TorchPredictor(model, precision=precision, compile=backend == "torch-compile")
         rate = batch / seconds_per_call(lambda: predict(dense, sparse), steps, 5, repeats)
-        row = {"shape": shape, "precision": precision.to_dict(), "samples_per_s": rate,
+        row = {"shape": shape, "backend": backend, "precision": precision.to_dict(), "samples_per_s": rate,
                "vs_reference": rate / REFERENCE[shape], "table_mib": embedding_bytes(model) / 2**20,
                "mlp_mib": mlp_bytes(base) / 2**20}
         out.append(row)
-        print(f"| {shape} | {precision.embeddings} | {precision.mlp} | {rate / 1e3:,.1f}k | "
+        print(f"| {shape} | {backend} | {precision.embeddings} | {precision.mlp} | {rate / 1e3:,.1f}k | "
               f"{row['vs_reference']:.2f}x | {row['table_mib']:,.0f} MiB |", flush=True)
         del model, predict
     return out
@@ -128,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                "speed": [], "accuracy": []}
     print(f"batch {args.batch_size}, {args.threads} threads, torch {torch.__version__}, "
           f"{args.rows_per_table:,} rows per table")
-    print("| shape | tables | MLPs | samples/s | vs DLRM reference | tables in memory |")
-    print("|---|---|---|---|---|---|")
+    print("| shape | backend | tables | MLPs | samples/s | vs DLRM reference | tables in memory |")
+    print("|---|---|---|---|---|---|---|")
     for shape in args.shapes.split(","):
         results["speed"] += speed(shape, args.rows_per_table, args.batch_size, args.steps, args.repeats)
     if args.checkpoint and args.data:
