@@ -161,3 +161,67 @@ def test_cli_placement_keeps_the_auc(binary, tmp_path, capsys):
     assert main(["quantize", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "r.pt"),
                  "--placement", "frequency"]) == 1
     assert "--data" in capsys.readouterr().err
+
+
+def test_frequency_order_with_a_hot_block_puts_the_hottest_rows_of_all_tables_first():
+    counts = np.array([1, 5, 5, 0, 9, 2])  # tables of 2, 3 and 1 rows
+    order = frequency_order(counts, (2, 3, 1), hot_rows=3)
+    # hot block: the 3 hottest rows (9, 5, 5) table by table; then the cold rows table by table
+    assert order.tolist() == [1, 4, 2, 0, 3, 5]
+
+
+@pytest.mark.parametrize("precision", [Precision(), Precision("int8-rowwise", "fp32"), Precision("int8-table", "bf16")])
+@pytest.mark.parametrize("hot_fraction", [0.01, 0.3, 1.0])
+def test_tiered_tables_predict_exactly_what_the_original_does(binary, precision, hot_fraction):
+    from dlrmkit.infer.placement import place_in_tiers
+    from dlrmkit.infer.quantize import embedding_bytes
+
+    model = build_model(preset("tiny", binary.table_sizes), seed=0, sparse_grad=False)
+    original = quantize_model(copy.deepcopy(model), precision)
+    tiered = quantize_model(copy.deepcopy(model), precision)
+    place_in_tiers(tiered, binary, hot_fraction)
+    test = binary.split("test")
+    dense, sparse = np.array(test.dense[:2000]), np.array(test.sparse[:2000])
+    a = TorchPredictor(original, precision=precision)
+    b = TorchPredictor(tiered, precision=precision)
+    np.testing.assert_array_equal(b(dense, b.prepare(sparse)), a(dense, sparse))
+    tiers = tiered.embeddings.memory_bytes()
+    rows = sum(binary.table_sizes)
+    assert tiered.embeddings.hot_rows == max(1, round(hot_fraction * rows))
+    assert tiers["hot"] + tiers["cold"] == embedding_bytes(original) == embedding_bytes(tiered)
+    # the hot tier holds the most looked-up rows: it serves at least its share of the lookups
+    share = (b.prepare(sparse) < tiered.embeddings.hot_rows).mean()
+    assert share >= hot_fraction - 1e-9
+
+
+def test_tiers_need_placed_rows_and_one_hot_inputs(binary):
+    import torch
+
+    from dlrmkit.model.tiered import TieredEmbeddingTables
+
+    model = build_model(preset("tiny", binary.table_sizes), seed=0, sparse_grad=False)
+    with pytest.raises(ValueError, match="placed"):
+        TieredEmbeddingTables(model.embeddings, 10)
+    place_by_frequency(model, binary)
+    with pytest.raises(ValueError, match="hot_rows"):
+        TieredEmbeddingTables(model.embeddings, 0)
+    tiers = TieredEmbeddingTables(model.embeddings, 10)
+    with pytest.raises(NotImplementedError):
+        tiers(torch.zeros(4, dtype=torch.int64), torch.arange(0, 4))
+
+
+def test_cli_hot_fraction(binary, tmp_path, capsys):
+    cfg = preset("tiny", binary.table_sizes)
+    checkpoint = save_checkpoint(tmp_path / "tiny.pt", build_model(cfg, seed=0), cfg)
+    common = ["bench", "--checkpoint", str(checkpoint), "--data", str(binary.path), "--accuracy",
+              "--count-samples", "10", "--quiet", "--embeddings", "int8-rowwise", "--mlp", "fp32"]
+    assert main([*common, "--output", str(tmp_path / "plain")]) == 0
+    assert main([*common, "--output", str(tmp_path / "tiers"), "--placement", "frequency", "--hot-fraction", "0.1"]) == 0
+    plain = json.loads((tmp_path / "plain" / "result.json").read_text())
+    tiers = json.loads((tmp_path / "tiers" / "result.json").read_text())
+    assert tiers["hot_fraction"] == 0.1 and tiers["roc_auc"] == plain["roc_auc"]
+    capsys.readouterr()
+    assert main([*common, "--output", str(tmp_path / "bad"), "--hot-fraction", "0.1"]) == 1
+    assert "--placement frequency" in capsys.readouterr().err
+    assert main([*common, "--output", str(tmp_path / "bad"), "--placement", "frequency", "--hot-fraction", "1.5"]) == 1
+    assert "(0, 1]" in capsys.readouterr().err

@@ -48,6 +48,9 @@ def add_bench(sub, positive_int) -> None:
     p.add_argument("--placement", choices=("file", "frequency"), default="file",
                    help="frequency: rows reordered hottest first by the dataset's training lookups "
                         "(the inputs are remapped when LoadGen loads samples)")
+    p.add_argument("--hot-fraction", type=float,
+                   help="with --placement frequency: keep this fraction of rows (the most looked-up) in a hot tier "
+                        "on --device and the rest in host memory (pinned with CUDA)")
     p.add_argument("--max-pairs-per-call", type=positive_int,
                    help="split model calls into chunks of this many pairs (default: 2048 on CPU, none on GPU)")
     p.add_argument("--samples-per-query-offline", type=positive_int,
@@ -179,11 +182,20 @@ def run_bench(args) -> int:
         predictor = OnnxPredictor(onnx_path, model_cfg.max_index_range, args.intra_op_threads or torch.get_num_threads(),
                                   args.max_pairs_per_call)
     else:
-        if args.placement == "frequency" and not hasattr(model.embeddings, "row_remap"):
+        quantize_model(model, precision)  # before placement: per-table scales see whole tables
+        if args.hot_fraction is not None:
+            from dlrmkit.infer.placement import place_in_tiers
+
+            if args.placement != "frequency" or hasattr(model.embeddings, "row_remap"):
+                raise ConfigError("--hot-fraction needs --placement frequency and a checkpoint whose rows are "
+                                  "not placed yet (an FP32 one, or quantized without --placement)")
+            if not 0 < args.hot_fraction <= 1:
+                raise ConfigError(f"--hot-fraction must be in (0, 1], got {args.hot_fraction}")
+            place_in_tiers(model, dataset, args.hot_fraction)
+        elif args.placement == "frequency" and not hasattr(model.embeddings, "row_remap"):
             from dlrmkit.infer.placement import place_by_frequency
 
             place_by_frequency(model, dataset)
-        quantize_model(model, precision)
         predictor = TorchPredictor(model, model_cfg.max_index_range, args.device, args.max_pairs_per_call, precision,
                                    compile=args.backend == "torch-compile")
     # the accuracy target is relative to eager FP32 PyTorch, whatever runs the benchmark
@@ -191,7 +203,8 @@ def run_bench(args) -> int:
     describe = {"checkpoint": str(args.checkpoint), "checkpoint_format": kind, "model": model_cfg.to_dict(),
                 "data": str(args.data), "split": args.split, "profile": args.profile,
                 "precision": precision.to_dict(), "embedding_bytes": embedding_bytes(model), "backend": args.backend,
-                "placement": "frequency" if hasattr(model.embeddings, "row_remap") else "file"}
+                "placement": "frequency" if hasattr(model.embeddings, "row_remap") else "file",
+                "hot_fraction": args.hot_fraction}
     if not args.quiet:
         print(f"model: {kind} checkpoint {args.checkpoint}; {precision}; tables {embedding_bytes(model) / 2**20:,.1f} MiB")
     log = (lambda _: None) if args.quiet else print

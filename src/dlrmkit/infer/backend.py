@@ -27,6 +27,8 @@ class TorchPredictor:
                  max_pairs_per_call: int | None = None, precision: Precision | None = None,
                  compile: bool = False, row_remap: np.ndarray | None = None):
         self.device = torch.device(device)
+        if row_remap is None and hasattr(model.embeddings, "row_remap"):
+            row_remap = model.embeddings.row_remap.cpu().numpy()
         self.model = model.eval().to(self.device)
         self.max_index_range = max_index_range
         self.precision = precision or Precision()
@@ -39,8 +41,6 @@ class TorchPredictor:
         # With rows placed by frequency the inputs must be remapped; the QSL does it when it loads
         # samples (see dlrmkit.infer.placement), and calls then take remapped rows.
         self.prepare = None
-        if row_remap is None and hasattr(model.embeddings, "row_remap"):
-            row_remap = model.embeddings.row_remap.numpy()
         if row_remap is not None:
             from dlrmkit.infer.placement import remap_indices
 

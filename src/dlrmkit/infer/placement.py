@@ -46,15 +46,22 @@ def row_counts(dataset: Dataset, table_sizes: tuple[int, ...]) -> np.ndarray:
     return counts
 
 
-def frequency_order(counts: np.ndarray, table_sizes: tuple[int, ...] | None = None) -> np.ndarray:
+def frequency_order(counts: np.ndarray, table_sizes: tuple[int, ...] | None = None,
+                    hot_rows: int | None = None) -> np.ndarray:
     """Old fused row of each new row, hottest first (ties keep their order): (R,) int64.
 
     With ``table_sizes`` each table's rows are sorted within the table (tables stay contiguous);
-    without, the rows of all tables are sorted together."""
+    without, the rows of all tables are sorted together. With ``hot_rows`` as well, the
+    ``hot_rows`` most looked-up rows of all tables come first (a hot block, table by table), then
+    the rest (a cold block, table by table)."""
     if table_sizes is None:
         return np.argsort(-counts, kind="stable")
     table = np.repeat(np.arange(len(table_sizes)), table_sizes)
-    return np.lexsort((-counts, table))  # by table, then hottest first
+    if hot_rows is None:
+        return np.lexsort((-counts, table))  # by table, then hottest first
+    cold = np.ones(counts.size, dtype=bool)
+    cold[np.argsort(-counts, kind="stable")[:hot_rows]] = False
+    return np.lexsort((-counts, table, cold))
 
 
 def inverse(order: np.ndarray) -> np.ndarray:
@@ -85,6 +92,18 @@ def mark_placed(model: DLRM, row_remap: torch.Tensor) -> None:
     """A model whose state holds reordered rows (an inference checkpoint): take its remap."""
     model.embeddings.row_offsets.zero_()
     model.embeddings.register_buffer("row_remap", row_remap)
+
+
+def place_in_tiers(model: DLRM, dataset: Dataset, hot_fraction: float) -> None:
+    """Place rows by frequency with the hottest ``hot_fraction`` of all rows in a hot tier that
+    follows the model to its device; the rest stays in host memory (TieredEmbeddingTables)."""
+    from dlrmkit.model.tiered import TieredEmbeddingTables
+
+    sizes = tuple(model.embeddings.table_sizes)
+    counts = row_counts(dataset, sizes)
+    hot_rows = max(1, min(counts.size, round(hot_fraction * counts.size)))
+    reorder_rows(model, frequency_order(counts, sizes, hot_rows))
+    model.embeddings = TieredEmbeddingTables(model.embeddings, hot_rows)
 
 
 def place_by_frequency(model: DLRM, dataset: Dataset) -> None:

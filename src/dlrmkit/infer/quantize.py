@@ -69,6 +69,8 @@ def embedding_bytes(model: DLRM) -> int:
     tables = model.embeddings
     if isinstance(tables, QuantizedEmbeddingTables):
         return tables.memory_bytes()
+    if hasattr(tables, "hot_rows"):  # TieredEmbeddingTables: both tiers
+        return sum(tables.memory_bytes().values())
     return tables.weight.numel() * tables.weight.element_size()
 
 

@@ -1,0 +1,64 @@
+"""Tables split in two tiers by row: a hot tier on the fast device, a cold tier in host memory.
+
+The fused table must be laid out hot rows first (dlrmkit.infer.placement puts the most looked-up
+rows there): rows [0, hot_rows) form the hot tier, the rest the cold tier. The hot tier is a
+buffer and moves with ``.to(device)``; the cold tier is deliberately not a registered tensor, so
+it stays in host memory (pinned when CUDA is present, for asynchronous copies). Lookups of hot
+rows run on the device; cold rows are looked up on the host and their vectors copied over.
+One-hot inputs only (one row per table per pair, as MLPerf's DLRM). Shapes: B, F, D as elsewhere.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dlrmkit.model.quantized import QuantizedEmbeddingTables, dequantize
+
+
+def _lookup(part: torch.Tensor, rows: torch.Tensor, packed: bool) -> torch.Tensor:
+    """(N, D) float32 vectors of ``rows`` of one tier (FP32 rows, or packed int8 rows)."""
+    if not packed:
+        return F.embedding(rows, part)
+    if part.device.type == "cpu" and hasattr(torch.ops.quantized, "embedding_bag_byte_rowwise_offsets"):
+        bags = torch.arange(rows.shape[0], device=rows.device)
+        return torch.ops.quantized.embedding_bag_byte_rowwise_offsets(part, rows, bags, False, 0, False, None, None, False)
+    return dequantize(part[rows])
+
+
+class TieredEmbeddingTables(nn.Module):
+    def __init__(self, tables: nn.Module, hot_rows: int):
+        super().__init__()
+        if not hasattr(tables, "row_remap"):
+            raise ValueError("tiers need tables placed by frequency (hot rows first)")
+        self.packed = isinstance(tables, QuantizedEmbeddingTables)
+        full = tables.packed if self.packed else tables.weight.detach()
+        if not 0 < hot_rows <= full.shape[0]:
+            raise ValueError(f"hot_rows must be in [1, {full.shape[0]}], got {hot_rows}")
+        self.table_sizes = tables.table_sizes
+        self.dim = tables.dim
+        self.hot_rows = hot_rows
+        self.register_buffer("hot", full[:hot_rows].contiguous())
+        self.register_buffer("row_remap", tables.row_remap)
+        cold = full[hot_rows:].contiguous()
+        self.cold = cold.pin_memory() if torch.cuda.is_available() and cold.numel() else cold
+
+    def forward(self, indices: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
+        if offsets is not None:
+            raise NotImplementedError("tiered tables take one-hot inputs (one row per table per pair)")
+        batch, num_tables = indices.shape
+        flat = indices.reshape(-1).long()  # (B*F,) rows of the placed fused table
+        out = torch.empty(flat.shape[0], self.dim, dtype=torch.float32, device=self.hot.device)
+        is_hot = flat < self.hot_rows
+        hot_at = is_hot.nonzero().squeeze(1)
+        out[hot_at] = _lookup(self.hot, flat[hot_at], self.packed)
+        cold_at = (~is_hot).nonzero().squeeze(1)
+        if cold_at.numel():
+            cold_rows = (flat[cold_at] - self.hot_rows).to(self.cold.device)
+            vectors = _lookup(self.cold, cold_rows, self.packed)
+            out[cold_at] = vectors.to(out.device, non_blocking=True)
+        return out.view(batch, num_tables, self.dim)  # (B, F, D)
+
+    def memory_bytes(self) -> dict[str, int]:
+        return {"hot": self.hot.numel() * self.hot.element_size(), "cold": self.cold.numel() * self.cold.element_size()}
