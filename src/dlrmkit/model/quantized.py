@@ -111,8 +111,7 @@ class QuantizedEmbeddingTables(nn.Module):
         if _fused_kernel_available(self.packed.device):
             return torch.ops.quantized.embedding_bag_byte_rowwise_offsets(
                 self.packed, rows, bag_offsets, False, 0, False, None, None, False)
-        codes, scale, bias = unpack(self.packed)
-        gathered = codes[rows].float() * scale[rows, None] + bias[rows, None]  # (N, D)
+        gathered = dequantize(self.packed[rows])  # (N, D): only the rows looked up
         return F.embedding_bag(torch.arange(rows.shape[0], device=rows.device), gathered, bag_offsets, mode="sum")
 
     def memory_bytes(self) -> int:
