@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from dlrmkit.config import (ACCURACY_TARGETS, EMBEDDING_PRECISIONS, MLP_PRECISIONS, MLPERF_DLRM_REFERENCE_AUC,
@@ -36,7 +37,8 @@ def add_bench(sub, positive_int) -> None:
                    help="accuracy target: default 99%%, high_accuracy 99.9%% of the FP32 AUC")
     p.add_argument("--max-batchsize", type=positive_int, help=f"samples per model call (default {DEFAULT_MAX_BATCHSIZE})")
     p.add_argument("--threads", type=positive_int, default=1, help="SUT worker threads")
-    p.add_argument("--intra-op-threads", type=positive_int, help="torch threads per worker (default: all cores)")
+    p.add_argument("--intra-op-threads", type=positive_int,
+                   help="torch threads (default: the cores divided among the SUT threads)")
     p.add_argument("--device", default="cpu", help="torch device of the model (cpu, cuda)")
     p.add_argument("--backend", choices=BACKENDS, default="torch",
                    help="torch: eager PyTorch; torch-compile: torch.compile (inductor); onnxruntime: the model "
@@ -155,8 +157,8 @@ def run_bench(args) -> int:
     except argparse.ArgumentTypeError as e:
         raise ConfigError(str(e)) from None
     aggregation = aggregation_from_args(args, PROFILES.get(args.profile, {}))
-    if args.intra_op_threads:
-        torch.set_num_threads(args.intra_op_threads)
+    # SUT workers share the cores: each gets its share of torch threads unless told otherwise
+    torch.set_num_threads(args.intra_op_threads or max(1, (os.cpu_count() or 1) // args.threads))
     dataset = Dataset(args.data)
     model, model_cfg, checkpoint_precision, kind, fp32_source = load_for_inference(args.checkpoint)
     check_tables(model_cfg, dataset)

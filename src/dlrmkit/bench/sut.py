@@ -134,10 +134,14 @@ class SystemUnderTest:
             thread.start()
         try:
             self._work()
-        finally:
+        except BaseException:
+            # e.g. Ctrl-C: LoadGen cannot be stopped and would wait for responses forever; its
+            # thread is a daemon, so leave it and let the interrupt end the process
             self._queue.close()
-            for thread in (*workers, driver):
-                thread.join()
+            raise
+        self._queue.close()
+        for thread in (*workers, driver):
+            thread.join()
         if failure:
             raise failure[0]
 
