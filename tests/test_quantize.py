@@ -24,7 +24,7 @@ from dlrmkit.config import (KAGGLE_CARDINALITIES, PRECISION_FOR_CONFIG_VER, Mode
                             TrainConfig, preset)
 from dlrmkit.data import synth
 from dlrmkit.data.dataset import Dataset
-from dlrmkit.errors import CheckpointError
+from dlrmkit.errors import CheckpointError, ConfigError
 from dlrmkit.infer import LazyPredictor, TorchPredictor
 from dlrmkit.infer.quantize import (INFERENCE_VERSION, embedding_bytes, load_for_inference, quantize_embeddings,
                                     quantize_model, save_inference_checkpoint)
@@ -706,3 +706,45 @@ def test_lazy_predictor_builds_once_on_first_call():
     assert built == [1] and lazy.name == "pytorch emb-fp32 mlp-fp32"
     np.testing.assert_array_equal(first, second)
     np.testing.assert_array_equal(first, TorchPredictor(model)(dense.numpy(), indices.numpy()))
+
+
+# --- int8 MLPs with calibrated (static) activation scales -------------------------------------
+
+
+def _calibration(dense: np.ndarray, sparse: np.ndarray, rows: int = 2048, batch: int = 512):
+    for lo in range(0, rows, batch):
+        yield torch.from_numpy(dense[lo:lo + batch]), torch.from_numpy(sparse[lo:lo + batch].astype(np.int64))
+
+
+def test_static_int8_mlps_need_calibration():
+    model = build_model(CKPT_CFG, seed=4)
+    with pytest.raises(ConfigError, match="calibration"):
+        quantize_model(model, Precision("fp32", "int8-static"))
+    with pytest.raises(ConfigError, match="calibration rows"):
+        quantize_model(build_model(CKPT_CFG, seed=4), Precision("fp32", "int8-static"), calibration=iter(()))
+
+
+@pytest.mark.parametrize("embeddings", ["fp32", "int8-rowwise"])
+def test_static_int8_mlps_keep_99_percent_of_fp32_auc(trained, embeddings):
+    model, cfg, (dense, sparse, labels), fp32_auc = trained
+    precision = Precision(embeddings, "int8-static")
+    quantized = quantize_model(copy.deepcopy(model), precision, calibration=_calibration(dense, sparse))
+    probs = TorchPredictor(quantized, cfg.max_index_range, precision=precision)(dense, sparse)
+    auc = roc_auc(labels, probs.astype(np.float64))
+    assert auc != fp32_auc and auc >= 0.99 * fp32_auc, f"{precision}: AUC {auc:.5f}, FP32 {fp32_auc:.5f}"
+    # the scales are fixed: a pair's prediction does not depend on the batch it comes in (but for
+    # float32 rounding in kernels blocked by batch size)
+    alone = TorchPredictor(quantized, cfg.max_index_range, precision=precision)(dense[:7], sparse[:7])
+    np.testing.assert_allclose(alone, probs[:7], rtol=0, atol=1e-6)
+
+
+def test_static_int8_inference_checkpoint_round_trips(tmp_path):
+    precision = Precision("int8-rowwise", "int8-static")
+    dense, indices = _inputs(CKPT_CFG, 600, seed=3)
+    model = build_model(CKPT_CFG, seed=4)
+    quantize_embeddings(model, "rowwise")
+    quantize_model(model, precision, calibration=[(dense, indices)])
+    path = save_inference_checkpoint(tmp_path / "q.pt", model, CKPT_CFG, precision)
+    loaded, _, got, kind, _ = load_for_inference(path)
+    assert kind == "inference" and got == precision
+    np.testing.assert_array_equal(_predictions(loaded, got), _predictions(model, precision))

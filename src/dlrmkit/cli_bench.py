@@ -184,7 +184,14 @@ def run_bench(args) -> int:
         predictor = OnnxPredictor(onnx_path, model_cfg.max_index_range, args.intra_op_threads or torch.get_num_threads(),
                                   args.max_pairs_per_call)
     else:
-        quantize_model(model, precision)  # before placement: per-table scales see whole tables
+        # before placement: per-table scales see whole tables; int8-static MLPs calibrate on the
+        # first rows of the val split, as MLPerf calibrates on a fixed slice
+        calibration = None
+        if precision.mlp == "int8-static" and "val" in dataset.splits:
+            from dlrmkit.infer.quantize import calibration_batches
+
+            calibration = calibration_batches(dataset.split("val"), max_index_range=model_cfg.max_index_range)
+        quantize_model(model, precision, calibration)
         if args.hot_fraction is not None:
             from dlrmkit.infer.placement import place_in_tiers
 
@@ -253,7 +260,9 @@ def add_quantize(sub) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--embeddings", choices=EMBEDDING_PRECISIONS,
                    help="int8-rowwise: a scale and offset per row; int8-table: one symmetric scale per table")
-    p.add_argument("--mlp", choices=MLP_PRECISIONS, help="int8: dynamic quantization; bf16: autocast at run time")
+    p.add_argument("--mlp", choices=MLP_PRECISIONS,
+                   help="int8: dynamic quantization; int8-static: scales calibrated on the first 128,000 rows of "
+                        "--data's val split; bf16: autocast at run time")
     p.add_argument("--config-ver", choices=tuple(ACCURACY_TARGETS), default="default",
                    help="without --embeddings/--mlp: the precision this MLPerf config version runs")
     p.add_argument("--placement", choices=("file", "frequency"), default="file",
@@ -272,15 +281,23 @@ def run_quantize(args) -> int:
         raise ConfigError(f"{args.checkpoint} is already quantized ({checkpoint_precision}); give an FP32 checkpoint")
     precision = resolve_precision(args, checkpoint_precision, kind)
     before = embedding_bytes(model)
+    needs_data = args.placement == "frequency" or precision.mlp == "int8-static"
+    if needs_data and args.data is None:
+        raise ConfigError("--placement frequency and --mlp int8-static need --data (training lookups order the "
+                          "rows; the first rows of the val split calibrate int8-static MLPs)")
+    if precision.embeddings != "fp32":
+        quantize_embeddings(model, precision.embeddings.removeprefix("int8-"))
+    if precision.mlp == "int8-static":
+        from dlrmkit.data.dataset import Dataset
+        from dlrmkit.infer.quantize import calibration_batches, quantize_mlps_static
+
+        quantize_mlps_static(model, calibration_batches(Dataset(args.data).split("val"),
+                                                        max_index_range=cfg.max_index_range))
     if args.placement == "frequency":
         from dlrmkit.data.dataset import Dataset
         from dlrmkit.infer.placement import place_by_frequency
 
-        if args.data is None:
-            raise ConfigError("--placement frequency needs --data (the training lookups order the rows)")
         place_by_frequency(model, Dataset(args.data))
-    if precision.embeddings != "fp32":
-        quantize_embeddings(model, precision.embeddings.removeprefix("int8-"))
     after = embedding_bytes(model)
     path = save_inference_checkpoint(args.out, model, cfg, precision, source=str(Path(args.checkpoint).resolve()))
     print(f"wrote {path} ({path.stat().st_size / 2**20:,.1f} MiB): {precision}, rows in {args.placement} order; tables "

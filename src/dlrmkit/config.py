@@ -343,12 +343,15 @@ class BenchConfig:
 
 
 EMBEDDING_PRECISIONS = ("fp32", "int8-rowwise", "int8-table")
-MLP_PRECISIONS = ("fp32", "bf16", "int8")
+MLP_PRECISIONS = ("fp32", "bf16", "int8", "int8-static")
 
 
 @dataclass(frozen=True)
 class Precision:
-    """Number formats of an inference model: the tables and the MLPs (with the interaction)."""
+    """Number formats of an inference model: the tables and the MLPs (with the interaction).
+
+    MLPs: ``int8`` quantizes activations per batch (dynamic); ``int8-static`` with scales fixed
+    by calibration on a slice of the validation split, as MLPerf calibrates on a fixed set."""
 
     embeddings: str = "fp32"
     mlp: str = "fp32"

@@ -14,12 +14,13 @@ import os
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from dlrmkit.checkpoint import write_atomic
 from dlrmkit.config import ModelConfig, Precision
-from dlrmkit.errors import CheckpointError
+from dlrmkit.errors import CheckpointError, ConfigError
 from dlrmkit.model import DLRM, build_model
 from dlrmkit.model.quantized import QuantizedEmbeddingTables, quantize
 
@@ -55,14 +56,77 @@ def quantize_mlps_dynamic(model: DLRM) -> None:
         model.top = quantize_dynamic(model.top, {nn.Linear}, dtype=torch.qint8)
 
 
-def quantize_model(model: DLRM, precision: Precision) -> DLRM:
-    """The model in ``precision`` for inference (modifies and returns ``model``, in eval mode)."""
+CALIBRATION_ROWS = 128_000  # MLPerf's DLRM calibration set: 128,000 rows
+
+
+def _static_shells(model: DLRM):
+    """The MLPs with int8 observers in place (FX graph mode, x86 backend)."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import prepare_fx
+
+    mapping = get_default_qconfig_mapping("x86")
+    bottom_in = model.bottom[0].in_features
+    top_in = model.top[0].in_features
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
+        model.bottom = prepare_fx(model.bottom, mapping, example_inputs=(torch.zeros(2, bottom_in),))
+        model.top = prepare_fx(model.top, mapping, example_inputs=(torch.zeros(2, top_in),))
+
+
+def _convert_static(model: DLRM) -> None:
+    from torch.ao.quantization.quantize_fx import convert_fx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.bottom = convert_fx(model.bottom)
+        model.top = convert_fx(model.top)
+
+
+def quantize_mlps_static(model: DLRM, calibration) -> None:
+    """Int8 MLPs with activation scales fixed by the ranges seen on ``calibration`` (an iterable
+    of (dense (P, Nd) float32 tensor, indices (P, F) tensor) batches run through the whole model)."""
+    _static_shells(model)
+    seen = 0
+    with torch.inference_mode():
+        for dense, indices in calibration:
+            model(dense, indices)
+            seen += dense.shape[0]
+    if seen == 0:
+        raise ConfigError("static int8 MLPs need calibration rows; none were given")
+    _convert_static(model)
+
+
+def is_static_int8(model: DLRM) -> bool:
+    return isinstance(model.top, torch.fx.GraphModule)
+
+
+def quantize_model(model: DLRM, precision: Precision, calibration=None) -> DLRM:
+    """The model in ``precision`` for inference (modifies and returns ``model``, in eval mode).
+    ``int8-static`` MLPs need ``calibration`` batches unless the model already has them."""
     model.eval()
-    if precision.embeddings != "fp32" and not isinstance(model.embeddings, QuantizedEmbeddingTables):
+    if precision.embeddings != "fp32" and not isinstance(model.embeddings, QuantizedEmbeddingTables) \
+            and hasattr(model.embeddings, "weight"):
         quantize_embeddings(model, precision.embeddings.removeprefix("int8-"))
-    if precision.mlp == "int8":
+    if precision.mlp == "int8" and isinstance(model.top, nn.Sequential):
         quantize_mlps_dynamic(model)
+    if precision.mlp == "int8-static" and not is_static_int8(model):
+        if calibration is None:
+            raise ConfigError("int8-static MLPs need calibration data (--data: rows of its val split)")
+        quantize_mlps_static(model, calibration)
     return model
+
+
+def calibration_batches(split, rows: int = CALIBRATION_ROWS, batch: int = 8192, max_index_range: int | None = None,
+                        prepare=None):
+    """The first ``rows`` pairs of ``split`` (MLPerf calibrates on a fixed slice) as model batches."""
+    from dlrmkit.data.loader import cap_indices
+
+    end = min(rows, len(split))
+    for lo in range(0, end, batch):
+        hi = min(lo + batch, end)
+        sparse = np.array(split.sparse[lo:hi])
+        sparse = cap_indices(sparse, max_index_range) if prepare is None else prepare(sparse)
+        yield torch.from_numpy(np.array(split.dense[lo:hi], dtype=np.float32)), torch.from_numpy(sparse)
 
 
 def embedding_bytes(model: DLRM) -> int:
@@ -76,8 +140,9 @@ def embedding_bytes(model: DLRM) -> int:
 
 def save_inference_checkpoint(path: str | os.PathLike, model: DLRM, cfg: ModelConfig, precision: Precision,
                               source: str | None = None) -> Path:
-    """Write the quantized tables and FP32 MLP weights; ``model`` must not have int8 MLPs yet."""
-    state = {k: v for k, v in model.state_dict().items()}
+    """Write the quantized tables and the MLP weights: FP32 (dynamic int8 is re-derived at load),
+    or int8 with calibrated scales for ``int8-static``; ``model`` must not have dynamic int8 MLPs."""
+    state = model.state_dict()  # keeps _metadata: quantized modules read their format version from it
     payload = {"format": INFERENCE_FORMAT, "version": INFERENCE_VERSION, "model_config": cfg.to_dict(),
                "precision": precision.to_dict(), "state_dict": state, "source_checkpoint": source}
     return write_atomic(path, payload)
@@ -122,6 +187,9 @@ def model_from_inference_payload(payload: dict, source: str) -> tuple[DLRM, Mode
                 mark_placed(model, placed)
         except ValueError as e:
             raise CheckpointError(f"{source}: {e}") from None
+    if precision.mlp == "int8-static":  # int8 MLPs whose scales the state holds
+        _static_shells(model)
+        _convert_static(model)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{source}: tensors missing {missing[:5]} or unexpected {unexpected[:5]}")
