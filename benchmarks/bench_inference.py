@@ -34,7 +34,7 @@ REFERENCE = {"kaggle": 99_000, "terabyte": 26_000}  # DLRM reference forward, sa
 DEFAULT = Precision("int8-rowwise", "bf16")
 VARIANTS = [Precision("fp32", "fp32"), Precision("fp32", "bf16"), Precision("int8-rowwise", "fp32"),
             Precision("int8-table", "fp32"), Precision("int8-rowwise", "int8"), Precision("int8-rowwise", "bf16"),
-            Precision("int8-table", "bf16")]
+            Precision("int8-table", "bf16"), Precision("int8-rowwise", "int8-static")]
 
 
 def mlp_bytes(model) -> int:
@@ -51,8 +51,9 @@ def speed(shape: str, rows: int, batch: int, steps: int, repeats: int) -> list[d
     out = []
     runs = [("torch", p) for p in VARIANTS] + [("torch-compile", Precision()), ("torch-compile", DEFAULT),
                                                ("onnxruntime", Precision())]
+    calibration = [(torch.from_numpy(dense), torch.from_numpy(sparse.astype(np.int64)))]
     for backend, precision in runs:
-        model = quantize_model(copy.deepcopy(base), precision)
+        model = quantize_model(copy.deepcopy(base), precision, calibration)
         if backend == "onnxruntime":
             import tempfile
 
@@ -78,13 +79,18 @@ def accuracy(checkpoint: str, data: str) -> list[dict]:
     from dlrmkit.infer.quantize import load_for_inference
     from dlrmkit.metrics import roc_auc
 
+    from dlrmkit.infer.quantize import calibration_batches
+
     test = Dataset(data).split("test")
+    val = Dataset(data).split("val")
     labels = np.asarray(test.label, dtype=np.float64)
     dense, sparse = np.array(test.dense), np.array(test.sparse)
     out, fp32_auc = [], None
     for precision in VARIANTS:
         model, cfg, _, _, _ = load_for_inference(checkpoint)
-        predict = TorchPredictor(quantize_model(model, precision), cfg.max_index_range, precision=precision)
+        calibration = calibration_batches(val, max_index_range=cfg.max_index_range)  # MLPerf-style: val rows
+        predict = TorchPredictor(quantize_model(model, precision, calibration), cfg.max_index_range,
+                                 precision=precision)
         auc = roc_auc(labels, predict(dense, sparse).astype(np.float64))
         fp32_auc = fp32_auc or auc
         out.append({"precision": precision.to_dict(), "auc": auc, "of_fp32": auc / fp32_auc})
