@@ -32,7 +32,8 @@ from dlrmkit.data.dataset import Dataset
 from dlrmkit.infer import TorchPredictor
 from dlrmkit.infer.allocator import retain_freed_memory
 from dlrmkit.infer.placement import place_by_frequency
-from dlrmkit.infer.quantize import embedding_bytes, quantize_model
+from dlrmkit.infer.onnx_backend import OnnxPredictor, export_onnx
+from dlrmkit.infer.quantize import calibration_batches, embedding_bytes, quantize_model
 from dlrmkit.model import build_model
 from timing import seconds_per_call
 
@@ -68,8 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=2_000_000, help="synthetic rows (the test split is 1/14)")
     p.add_argument("--duration", type=int, default=10_000, help="min duration of each LoadGen run, ms")
     p.add_argument("--batch-sizes", default="32,128", help="max_batchsize values (samples) to compare")
-    p.add_argument("--variants", default="fp32:fp32:file,int8-rowwise:bf16:file,int8-rowwise:bf16:frequency",
-                   help="tables:MLPs:placement triples to compare (placement: file or frequency)")
+    p.add_argument("--variants", default="fp32:fp32:file,int8-rowwise:bf16:file,int8-rowwise:int8-static:file,"
+                                         "int8-rowwise:bf16:file:torch-compile,fp32:fp32:file:onnxruntime",
+                   help="tables:MLPs:placement[:backend] to compare (placement: file or frequency; backend: torch, "
+                        "torch-compile, onnxruntime)")
     p.add_argument("--server-fractions", default="0.5,0.65,0.8,0.9",
                    help="Server target QPS tried, as fractions of the best Offline samples/s")
     p.add_argument("--out", default="runs/bench_loadgen")
@@ -136,17 +139,23 @@ def main(argv: list[str] | None = None) -> int:
     # Precision and placement variants, each: Offline, then Server at fractions of its Offline rate.
     results["variants"] = []
     for spec in args.variants.split(","):
-        emb, mlp, placement = spec.split(":")
+        emb, mlp, placement, *rest = spec.split(":")
+        backend = rest[0] if rest else "torch"
         precision = Precision(emb, mlp)
         model = copy.deepcopy(base)
+        calibration = calibration_batches(dataset.split("val")) if mlp == "int8-static" else None
+        quantize_model(model, precision, calibration)
         if placement == "frequency":
             place_by_frequency(model, dataset)
-        quantize_model(model, precision)
-        variant = TorchPredictor(model, precision=precision)
-        name = f"{emb}/{mlp}/{placement}"
-        row = {"variant": name, "precision": precision.to_dict(), "placement": placement,
+        if backend == "onnxruntime":
+            variant = OnnxPredictor(export_onnx(model, out / "model.onnx", 13), threads=torch.get_num_threads())
+        else:
+            variant = TorchPredictor(model, precision=precision, compile=backend == "torch-compile")
+        name = f"{backend} {emb}/{mlp}/{placement}"
+        row = {"variant": name, "backend": backend, "precision": precision.to_dict(), "placement": placement,
                "table_mib": embedding_bytes(model) / 2**20, "max_batchsize": bs, "threads": threads}
-        row["offline"] = offline(variant, bs, threads, f"variant-{emb}-{mlp}-{placement}")
+        tag = f"{backend}-{emb}-{mlp}-{placement}"
+        row["offline"] = offline(variant, bs, threads, f"variant-{tag}")
         print(f"{name}: Offline {row['offline']['samples_per_s']:,.1f} samples/s "
               f"({row['offline']['pairs_per_s']:,.0f} pairs/s) {row['offline']['validity']}; "
               f"tables {row['table_mib']:,.0f} MiB", flush=True)
@@ -155,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             qps = fraction * row["offline"]["samples_per_s"]
             cfg = BenchConfig(scenario="Server", max_batchsize=bs, threads=threads, duration_ms=args.duration,
                               fast=True, target_qps=qps)
-            r = run_benchmark(variant, split, cfg, aggregation, out / f"server-{emb}-{mlp}-{placement}-{fraction:g}",
+            r = run_benchmark(variant, split, cfg, aggregation, out / f"server-{tag}-{fraction:g}",
                               log=lambda _: None)
             point = {"target_qps": qps, "completed_samples_per_s": r["samples_per_second"],
                      "pairs_per_s": r["pairs_per_second"], "p99_ms": r["result_99.00_percentile_latency_ns"] / 1e6,
