@@ -51,8 +51,16 @@ class EmbeddingTables(nn.Module):
             rows = indices + self.row_offsets  # (B, F)
             return F.embedding(rows, self.weight, sparse=self.sparse_grad)  # (B, F, D)
         batch = offsets.shape[0] // num_tables
-        bag_lengths = torch.diff(offsets, append=offsets.new_tensor([indices.shape[0]]))
-        table_of_bag = torch.arange(num_tables, device=indices.device).repeat_interleave(batch)
-        rows = indices + self.row_offsets[table_of_bag].repeat_interleave(bag_lengths)
+        rows = bag_rows(indices, offsets, self.row_offsets)
         pooled = F.embedding_bag(rows, self.weight, offsets, mode="sum", sparse=self.sparse_grad)  # (F*B, D)
         return pooled.view(num_tables, batch, self.dim).transpose(0, 1)  # (B, F, D)
+
+
+def bag_rows(indices: torch.Tensor, offsets: torch.Tensor, row_offsets: torch.Tensor) -> torch.Tensor:
+    """Fused-table rows of multi-hot ``indices`` (N,) whose bags (``offsets``, F * B of them, table
+    after table) each belong to one table: index + that table's first row."""
+    num_tables = row_offsets.shape[0]
+    batch = offsets.shape[0] // num_tables
+    bag_lengths = torch.diff(offsets, append=offsets.new_tensor([indices.shape[0]]))
+    table_of_bag = torch.arange(num_tables, device=indices.device).repeat_interleave(batch)
+    return indices + row_offsets[table_of_bag].repeat_interleave(bag_lengths)  # (N,)

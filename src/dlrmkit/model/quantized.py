@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dlrmkit.model.embedding import bag_rows
+
 SCHEMES = ("rowwise", "table")
 _LEVELS = 255.0
 
@@ -100,10 +102,7 @@ class QuantizedEmbeddingTables(nn.Module):
             bags = torch.arange(rows.shape[0], device=rows.device)
             return self._bags(rows, bags).view(batch, num_tables, self.dim)  # (B, F, D)
         batch = offsets.shape[0] // num_tables
-        bag_lengths = torch.diff(offsets, append=offsets.new_tensor([indices.shape[0]]))
-        table_of_bag = torch.arange(num_tables, device=indices.device).repeat_interleave(batch)
-        rows = indices + self.row_offsets[table_of_bag].repeat_interleave(bag_lengths)
-        pooled = self._bags(rows, offsets)  # (F*B, D)
+        pooled = self._bags(bag_rows(indices, offsets, self.row_offsets), offsets)  # (F*B, D)
         return pooled.view(num_tables, batch, self.dim).transpose(0, 1)  # (B, F, D)
 
     def _bags(self, rows: torch.Tensor, bag_offsets: torch.Tensor) -> torch.Tensor:
