@@ -16,10 +16,9 @@ import torch
 
 from dlrmkit.data.loader import cap_indices
 from dlrmkit.errors import ConfigError
+from dlrmkit.infer.backend import DEFAULT_MAX_PAIRS_PER_CALL
 from dlrmkit.model import DLRM
 from dlrmkit.model.quantized import QuantizedEmbeddingTables
-
-DEFAULT_MAX_PAIRS_PER_CALL = 2048
 
 
 def export_onnx(model: DLRM, path: str | os.PathLike, num_dense: int) -> Path:

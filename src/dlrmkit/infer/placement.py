@@ -24,10 +24,15 @@ from dlrmkit.model import DLRM
 from dlrmkit.model.quantized import QuantizedEmbeddingTables
 
 
+def table_starts(table_sizes: tuple[int, ...]) -> np.ndarray:
+    """First fused row of each table: (F,) int64."""
+    return np.concatenate([[0], np.cumsum(table_sizes)[:-1]]).astype(np.int64)
+
+
 def row_counts(dataset: Dataset, table_sizes: tuple[int, ...]) -> np.ndarray:
     """Training lookups per row of the fused tables (R,): from DATA/counts when preprocessing
     saved them, else counted over the train split."""
-    offsets = np.concatenate([[0], np.cumsum(table_sizes)[:-1]]).astype(np.int64)
+    offsets = table_starts(table_sizes)
     counts = np.zeros(int(sum(table_sizes)), dtype=np.int64)
     saved = Path(dataset.path) / "counts"
     for j, size in enumerate(table_sizes):
@@ -84,12 +89,12 @@ def reorder_rows(model: DLRM, order: np.ndarray) -> None:
     else:
         with torch.no_grad():
             tables.weight.data = tables.weight.data[perm].contiguous()
-    tables.row_offsets.zero_()  # inputs are rows of the fused, reordered table now
-    tables.register_buffer("row_remap", torch.from_numpy(inverse(order)))
+    mark_placed(model, torch.from_numpy(inverse(order)))
 
 
 def mark_placed(model: DLRM, row_remap: torch.Tensor) -> None:
-    """A model whose state holds reordered rows (an inference checkpoint): take its remap."""
+    """Tables whose rows are already reordered: they take rows of the fused, reordered table
+    (no per-table offset) and carry the remap."""
     model.embeddings.row_offsets.zero_()
     model.embeddings.register_buffer("row_remap", row_remap)
 
@@ -122,5 +127,4 @@ def remap_indices(sparse: np.ndarray, remap: np.ndarray, table_sizes: tuple[int,
     """Per-table indices (P, F) -> rows of the reordered fused table (P, F)."""
     from dlrmkit.data.loader import cap_indices
 
-    offsets = np.concatenate([[0], np.cumsum(table_sizes)[:-1]]).astype(np.int64)
-    return remap[cap_indices(sparse, max_index_range) + offsets]
+    return remap[cap_indices(sparse, max_index_range) + table_starts(table_sizes)]

@@ -30,20 +30,19 @@ INFERENCE_VERSION = 1
 
 def quantize_embeddings(model: DLRM, scheme: str) -> None:
     """Replace the model's FP32 tables by packed int8 ones (in place; a row placement carries over)."""
+    from dlrmkit.infer.placement import inverse, mark_placed
+
     tables = model.embeddings
-    if hasattr(tables, "row_remap"):
-        # rows placed by frequency interleave the tables: quantize in table order, then re-place
-        remap = tables.row_remap.long()  # old fused row -> new
-        packed = quantize(tables.weight.detach()[remap], tables.table_sizes, scheme)
-        order = torch.empty_like(remap)
-        order[remap] = torch.arange(remap.numel())
-        packed = packed[order].contiguous()
-    else:
+    remap = getattr(tables, "row_remap", None)  # old fused row -> new, when rows are placed
+    if remap is None:
         packed = quantize(tables.weight, tables.table_sizes, scheme)
+    else:
+        # placed rows interleave the tables: quantize in table order, then place the packed rows
+        packed = quantize(tables.weight.detach()[remap.long()], tables.table_sizes, scheme)
+        packed = packed[torch.from_numpy(inverse(remap.numpy()).astype(np.int64))].contiguous()
     model.embeddings = QuantizedEmbeddingTables(packed, tables.table_sizes, scheme)
-    if hasattr(tables, "row_remap"):
-        model.embeddings.row_offsets.zero_()
-        model.embeddings.register_buffer("row_remap", tables.row_remap)
+    if remap is not None:
+        mark_placed(model, remap)
 
 
 def quantize_mlps_dynamic(model: DLRM) -> None:
