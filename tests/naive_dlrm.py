@@ -124,3 +124,15 @@ def bags_to_flat(bags: list[list[list[int]]]) -> tuple[torch.Tensor, torch.Tenso
             offsets.append(len(flat))
             flat.extend(bag)
     return torch.tensor(flat, dtype=torch.int64), torch.tensor(offsets, dtype=torch.int64)
+
+
+def reference_state(model) -> dict:
+    """A dlrmkit model's weights in the DLRM reference's key layout (emb_l.<i>.weight,
+    bot_l.<j>.weight/bias, top_l.<j>.weight/bias), as ``dlrm_s_pytorch.py --save-model`` writes them."""
+    state = {}
+    for i in range(len(model.embeddings.table_sizes)):
+        state[f"emb_l.{i}.weight"] = model.embeddings.table(i).detach().clone()
+    for prefix, mlp in (("bot_l", model.bottom), ("top_l", model.top)):
+        for key, value in mlp.state_dict().items():
+            state[f"{prefix}.{key}"] = value.clone()
+    return state

@@ -267,17 +267,6 @@ def test_terabyte_profile_sets_reference_auc(setup, tmp_path, capsys):
 # --- a checkpoint in the DLRM reference's format ----------------------------------------------
 
 
-def _reference_state(model) -> dict:
-    """The reference's key layout (as tests/test_reference_compat.py builds it)."""
-    state = {}
-    for i in range(len(model.embeddings.table_sizes)):
-        state[f"emb_l.{i}.weight"] = model.embeddings.table(i).detach().clone()
-    for prefix, mlp in (("bot_l", model.bottom), ("top_l", model.top)):
-        for key, value in mlp.state_dict().items():
-            state[f"{prefix}.{key}"] = value.clone()
-    return state
-
-
 def _rows(offsets: np.ndarray, samples: np.ndarray) -> np.ndarray:
     """Row numbers of the samples' pairs, sample after sample."""
     return np.concatenate([np.arange(offsets[s], offsets[s + 1]) for s in samples.tolist()])
@@ -295,7 +284,7 @@ def test_reference_checkpoint_accuracy_equals_naive_float64(setup, tmp_path, cap
     data, _, _ = setup
     cfg = preset("tiny", Dataset(data).table_sizes)
     model = build_model(cfg, seed=5)
-    state = _reference_state(model)
+    state = naive.reference_state(model)
     assert "bot_l.0.weight" in state and "top_l.0.bias" in state and "emb_l.25.weight" in state
     checkpoint = tmp_path / "reference.pt"
     torch.save({"state_dict": state, "epoch": np.int64(1), "nepochs": 1}, checkpoint)

@@ -17,6 +17,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+import naive_dlrm as naive
 from criteo_naive import parse_text
 from dlrmkit.cli import main
 from dlrmkit.config import ModelConfig, PreprocessConfig
@@ -158,15 +159,6 @@ def test_real_terabyte_day0_head_parses():
 
 # --- a reference-format checkpoint made here from a dlrmkit model (no ../shared needed) -------
 
-def _reference_state(model) -> dict:
-    state = {}
-    for i in range(len(model.embeddings.table_sizes)):
-        state[f"emb_l.{i}.weight"] = model.embeddings.table(i).detach().clone()
-    for prefix, mlp in (("bot_l", model.bottom), ("top_l", model.top)):
-        for key, value in mlp.state_dict().items():
-            state[f"{prefix}.{key}"] = value.clone()
-    return state
-
 
 CONFIGS = {
     "dot": ModelConfig((7, 3, 11, 5), 3, (13, 8, 3), (6, 1), "dot", False),
@@ -179,7 +171,7 @@ CONFIGS = {
 def test_reference_format_checkpoint_round_trip(tmp_path, name):
     cfg = CONFIGS[name]
     model = build_model(cfg, seed=3)
-    state = _reference_state(model)
+    state = naive.reference_state(model)
     assert all(k.startswith(("emb_l.", "bot_l.", "top_l.")) for k in state)
     assert "bot_l.2.weight" in state and "bot_l.1.weight" not in state  # Linear layers at even positions
     path = tmp_path / "ref.pt"
