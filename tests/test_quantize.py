@@ -86,8 +86,7 @@ def _mixed(dim: int = 8) -> tuple[torch.Tensor, tuple[int, ...]]:
 
 
 def _init_like_training(sizes: tuple[int, ...], dim: int, seed: int) -> torch.Tensor:
-    tables = EmbeddingTables(sizes, dim, sparse_grad=False)
-    tables.reset_parameters(torch.Generator().manual_seed(seed))
+    tables = EmbeddingTables(sizes, dim, sparse_grad=False, seed=seed)
     return tables.weight.detach().clone()
 
 

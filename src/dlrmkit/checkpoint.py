@@ -11,6 +11,8 @@ A checkpoint is a ``torch.save`` of a dict of plain values and tensors (loadable
     train_config               TrainConfig as a dict or None
     rng                        {"torch": ByteTensor}
     extra                      anything JSON-like (metrics, dataset path)
+    sharded                    only from a distributed run: the shard files holding the tables
+                               (see `dlrmkit.checkpoint_shards`); read whole by default
 """
 
 from __future__ import annotations
@@ -32,18 +34,24 @@ def save_checkpoint(path: str | os.PathLike, model: DLRM, model_config: ModelCon
                     optimizer_state: dict | None = None, train_state: dict | None = None,
                     train_config: dict | None = None, extra: dict | None = None) -> Path:
     """Write atomically: to a temporary name beside ``path``, fsync, then rename over it."""
-    payload = {
+    return write_atomic(path, checkpoint_payload(model.state_dict(), model_config, optimizer_state=optimizer_state,
+                                                 train_state=train_state, train_config=train_config, extra=extra))
+
+
+def checkpoint_payload(model_state: dict, model_config: ModelConfig, *, optimizer_state: dict | None = None,
+                       train_state: dict | None = None, train_config: dict | None = None,
+                       extra: dict | None = None) -> dict:
+    return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "model_config": model_config.to_dict(),
-        "model_state": model.state_dict(),
+        "model_state": model_state,
         "optimizer_state": optimizer_state,
         "train_state": train_state,
         "train_config": train_config,
         "rng": {"torch": torch.get_rng_state()},
         "extra": extra or {},
     }
-    return write_atomic(path, payload)
 
 
 def write_atomic(path: str | os.PathLike, payload: dict) -> Path:
@@ -59,26 +67,34 @@ def write_atomic(path: str | os.PathLike, payload: dict) -> Path:
     return path
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Read and validate a dlrmkit checkpoint; raises CheckpointError with what is wrong."""
+def load_checkpoint(path: str | os.PathLike, assemble_shards: bool = True) -> dict:
+    """Read and validate a dlrmkit checkpoint; raises CheckpointError with what is wrong.
+
+    A distributed run's checkpoint comes back whole (tables read from its shard files) unless
+    ``assemble_shards`` is False: then each process reads its own rows (`checkpoint_shards.RowReader`)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=not assemble_shards)
     except Exception as e:  # torch raises several types for truncated or foreign files
         raise CheckpointError(f"{path}: cannot be read as a checkpoint (truncated or corrupt?): "
                               f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-    return validate_checkpoint(ckpt, path)
+    return validate_checkpoint(ckpt, path, assemble_shards)
 
 
-def validate_checkpoint(ckpt, path) -> dict:
-    """``ckpt`` (a loaded payload) if it is a dlrmkit checkpoint of a readable version."""
+def validate_checkpoint(ckpt, path, assemble_shards: bool = True) -> dict:
+    """``ckpt`` (a loaded payload) if it is a dlrmkit checkpoint of a readable version; a sharded
+    one with its tables read in, unless ``assemble_shards`` is False."""
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path}: not a dlrmkit checkpoint (format {ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r})")
     if ckpt.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: format_version {ckpt.get('format_version')!r} is not supported "
                               f"(this dlrmkit reads version {FORMAT_VERSION})")
+    if assemble_shards and "sharded" in ckpt:
+        from dlrmkit.checkpoint_shards import assemble  # it builds on this module's writer
+
+        return assemble(ckpt, path)
     return ckpt
 
 

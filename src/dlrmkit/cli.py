@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from dlrmkit import cli_bench
-from dlrmkit.config import INTERACTIONS, OPTIMIZERS, PRESETS, ModelConfig, ScheduleConfig, SynthConfig, TrainConfig, preset
+from dlrmkit.config import DIST_BACKENDS, INTERACTIONS, OPTIMIZERS, SHARDINGS, PRESETS, ModelConfig, ScheduleConfig, SynthConfig, TrainConfig, preset
 from dlrmkit.errors import ConfigError, DlrmkitError
 
 EXIT_ERROR = 1
@@ -113,6 +113,18 @@ def _add_train(sub) -> None:
     g.add_argument("--no-shuffle", action="store_true")
     g.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt exactly")
     g.add_argument("--quiet", action="store_true")
+    g = p.add_argument_group("many processes (torchrun: `torchrun --nproc-per-node N -m dlrmkit train ...`)")
+    g.add_argument("--nproc", type=_positive_int,
+                   help="run on N processes on this machine (launches torchrun --standalone for you)")
+    g.add_argument("--sharding", choices=SHARDINGS, default="auto",
+                   help="tables across ranks: table-wise, row-wise, or auto (row-wise for a table "
+                        "larger than an even share of all rows)")
+    g.add_argument("--row-wise-min-rows", type=_positive_int,
+                   help="auto: tables with more rows than this are sharded row-wise")
+    g.add_argument("--dist-backend", choices=DIST_BACKENDS, default="auto",
+                   help="auto: nccl with one GPU per process when CUDA is present, else gloo")
+    g.add_argument("--dist-timeout", type=float, default=600.0,
+                   help="seconds a collective waits for the other ranks before failing the job")
 
 
 def _add_evaluate(sub) -> None:
@@ -217,10 +229,33 @@ def _run_synth(args) -> int:
     return 0
 
 
+def _torchrun(args, nproc: int) -> int:
+    """Re-run this very command under torchrun on ``nproc`` local processes."""
+    import os
+    import subprocess
+
+    argv = list(args.argv)
+    for i, a in enumerate(argv):
+        if a == "--nproc":
+            del argv[i:i + 2]
+            break
+        if a.startswith("--nproc="):
+            del argv[i]
+            break
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "dlrmkit"] + argv
+    return subprocess.run(cmd, env=env).returncode
+
+
 def _run_train(args) -> int:
     from dlrmkit.data.dataset import Dataset
+    from dlrmkit.train.comm import launched_by_torchrun
     from dlrmkit.train.loop import train
 
+    if args.nproc and args.nproc > 1 and not launched_by_torchrun():
+        return _torchrun(args, args.nproc)
     dataset = Dataset(args.data)
     model_cfg = model_config_from_args(args, dataset.table_sizes, dataset.num_dense)
     train_cfg = TrainConfig(
@@ -230,7 +265,24 @@ def _run_train(args) -> int:
         eval_every=args.eval_every, eval_batch_size=args.eval_batch_size, eval_max_rows=args.eval_max_rows,
         target_auc=args.target_auc, checkpoint_every=args.checkpoint_every, bf16=args.bf16, seed=args.seed,
         threads=args.threads, log_every=args.log_every, shuffle=not args.no_shuffle)
-    summary = train(args.data, args.out, model_cfg, train_cfg, resume=args.resume, progress=not args.quiet)
+    parallel = None
+    if launched_by_torchrun():
+        from dlrmkit.train.comm import join
+        from dlrmkit.train.parallel import Distributed
+        from dlrmkit.train.plan import plan_shards
+
+        comm = join(args.dist_backend, args.dist_timeout)
+        try:
+            parallel = Distributed(comm, plan_shards(model_cfg.effective_table_sizes, comm.world_size,
+                                                     args.sharding, args.row_wise_min_rows))
+            summary = train(args.data, args.out, model_cfg, train_cfg, resume=args.resume,
+                            progress=not args.quiet, parallel=parallel)
+        finally:
+            comm.close()
+        if not comm.is_main:
+            return 0
+    else:
+        summary = train(args.data, args.out, model_cfg, train_cfg, resume=args.resume, progress=not args.quiet)
     parts = [f"trained {summary['steps']} steps ({summary['epochs']:.2f} epochs) at "
              f"{summary['train_samples_per_s'] / 1e3:.1f}k samples/s"]
     for split in ("val", "test"):
@@ -312,8 +364,10 @@ COMMANDS = {"synth": _run_synth, "train": _run_train, "evaluate": _run_evaluate,
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = build_parser().parse_args(argv)
+        args.argv = argv
     except UsageError as e:
         print(f"{e} (see --help)", file=sys.stderr)
         return EXIT_USAGE

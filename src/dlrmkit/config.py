@@ -139,6 +139,8 @@ class SynthConfig:
 
 
 OPTIMIZERS = ("sgd", "adagrad")
+SHARDINGS = ("auto", "table-wise", "row-wise")  # embedding tables across distributed ranks
+DIST_BACKENDS = ("auto", "gloo", "nccl")
 
 
 @dataclass(frozen=True)

@@ -27,3 +27,7 @@ class EvaluationError(DlrmkitError):
 
 class BenchmarkError(DlrmkitError):
     """A benchmark run failed (the system under test raised) and its result is void."""
+
+
+class DistributedError(DlrmkitError):
+    """A distributed job cannot start, or a collective failed (another rank died or timed out)."""

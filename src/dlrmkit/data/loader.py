@@ -38,6 +38,21 @@ def cap_indices(sparse: np.ndarray, max_index_range: int | None) -> np.ndarray:
     return np.remainder(sparse, max_index_range)
 
 
+def part_bounds(rows: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Rank ``rank``'s share [lo, hi) of a batch of ``rows`` rows cut into ``world_size`` parts."""
+    return rows * rank // world_size, rows * (rank + 1) // world_size
+
+
+def part_positions(rows: int, batch_size: int, rank: int, world_size: int) -> np.ndarray:
+    """Where, among a split's first ``rows`` rows in file order, rank ``rank``'s rows of
+    `batches` (unshuffled, ``part=(rank, world_size)``) sit, in the order it sees them."""
+    out = []
+    for lo in range(0, rows, batch_size):
+        a, b = part_bounds(min(batch_size, rows - lo), rank, world_size)
+        out.append(np.arange(lo + a, lo + b))
+    return np.concatenate(out) if out else np.empty(0, np.int64)
+
+
 def make_batch(split: SplitArrays, rows: np.ndarray | slice, max_index_range: int | None = None) -> Batch:
     """Copy rows (a slice or sorted row numbers) out of the split into torch tensors."""
     sparse = cap_indices(np.asarray(split.sparse[rows]), max_index_range)
@@ -59,10 +74,13 @@ def batches(
     drop_last: bool = False,
     max_index_range: int | None = None,
     prefetch: int = 0,
+    part: tuple[int, int] = (0, 1),
 ) -> Iterator[Batch]:
     """Yield the batches of one epoch, starting at batch ``start_batch``.
 
     With ``shuffle`` the rows follow `epoch_order(len(split), seed, epoch)`; otherwise file order.
+    ``part=(rank, world_size)``: only that rank's share (`part_bounds`) of each global batch of
+    ``batch_size`` rows, so the ranks together see exactly the batches one process would.
     With ``prefetch`` > 0 a background thread assembles that many batches ahead. Off by default:
     assembling a batch takes well under a millisecond, and on a 2-core machine the extra thread
     competes with torch's intra-op threads (steps then stall for tens of milliseconds).
@@ -72,7 +90,9 @@ def batches(
     order = epoch_order(n, seed, epoch) if shuffle else None
 
     def produce(b: int) -> Batch:
-        lo, hi = b * batch_size, min(n, (b + 1) * batch_size)
+        lo = b * batch_size
+        a, z = part_bounds(min(n, lo + batch_size) - lo, *part)
+        lo, hi = lo + a, lo + z
         rows = order[lo:hi] if order is not None else slice(lo, hi)
         if order is not None:
             rows = np.sort(rows)  # ascending gathers read memory-mapped files front to back

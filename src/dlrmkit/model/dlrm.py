@@ -19,10 +19,13 @@ class DLRM(nn.Module):
 
     def __init__(self, table_sizes: tuple[int, ...], embedding_dim: int, bottom_mlp: tuple[int, ...],
                  top_mlp: tuple[int, ...], interaction: str = "dot", interaction_self: bool = False,
-                 sparse_grad: bool = True):
+                 sparse_grad: bool = True, seed: int | None = None, embeddings: nn.Module | None = None):
+        """``embeddings``: a module that stands in for the tables (same call, (B, F, D) out), e.g.
+        tables sharded across processes; by default one `EmbeddingTables` initialized from ``seed``."""
         super().__init__()
         num_vectors = len(table_sizes) + 1
-        self.embeddings = EmbeddingTables(table_sizes, embedding_dim, sparse_grad)
+        self.embeddings = embeddings if embeddings is not None else \
+            EmbeddingTables(table_sizes, embedding_dim, sparse_grad, seed)
         self.bottom = MLP(bottom_mlp, relu_last=True)
         if interaction == "dot":
             self.interaction = DotInteraction(num_vectors, interaction_self)
@@ -45,9 +48,12 @@ class DLRM(nn.Module):
         return [p for n, p in self.named_parameters() if not n.startswith("embeddings.")]
 
 
-def build_model(cfg: ModelConfig, seed: int | None = None, sparse_grad: bool = True) -> DLRM:
-    """A DLRM for ``cfg``, initialized from ``seed`` when given."""
+def build_model(cfg: ModelConfig, seed: int | None = None, sparse_grad: bool = True,
+                embeddings: nn.Module | None = None) -> DLRM:
+    """A DLRM for ``cfg``, initialized from ``seed`` when given: the tables from (seed, table, row)
+    alone, the MLPs from torch's generator seeded with ``seed``, so a process that builds only
+    some of the tables (``embeddings``) gets the same MLPs and the same rows."""
     if seed is not None:
         torch.manual_seed(seed)
     return DLRM(cfg.effective_table_sizes, cfg.embedding_dim, cfg.bottom_mlp, cfg.top_mlp,
-                cfg.interaction, cfg.interaction_self, sparse_grad)
+                cfg.interaction, cfg.interaction_self, sparse_grad, seed, embeddings)

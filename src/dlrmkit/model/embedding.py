@@ -3,19 +3,45 @@
 Shapes: B batch, F tables (sparse features), D embedding dim, R total rows of all tables.
 Table f owns rows [row_offsets[f], row_offsets[f] + table_sizes[f]) of the fused weight, so one
 ``F.embedding`` (one-hot) or ``F.embedding_bag`` (multi-hot, sum pooling) serves every table.
+
+Initial values are a pure function of (seed, table, row): rows come in blocks of
+``INIT_BLOCK_ROWS``, each drawn from its own generator, so a process holding only some rows of a
+table (a shard, in distributed training) draws exactly the values the whole table would hold.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
+INIT_BLOCK_ROWS = 1 << 16
+
+
+def init_rows(out: torch.Tensor, seed: int, table: int, table_rows: int, lo: int) -> torch.Tensor:
+    """Fill ``out`` (n, D) with the initial values of rows [lo, lo + n) of ``table`` (of
+    ``table_rows`` rows): Uniform(-1/sqrt(table_rows), 1/sqrt(table_rows)), as the DLRM reference
+    initializes, drawn block by block from generators seeded by (seed, table, block)."""
+    bound = 1.0 / math.sqrt(table_rows)
+    hi = lo + out.shape[0]
+    generator = torch.Generator()
+    for block in range(lo // INIT_BLOCK_ROWS, -(-hi // INIT_BLOCK_ROWS)):
+        b_lo = block * INIT_BLOCK_ROWS
+        b_hi = min(b_lo + INIT_BLOCK_ROWS, table_rows)
+        state = np.random.SeedSequence([seed & 0xFFFFFFFF, table, block]).generate_state(2, np.uint64)[0]
+        generator.manual_seed(int(state) & 0x7FFFFFFFFFFFFFFF)
+        values = torch.empty(b_hi - b_lo, out.shape[1]).uniform_(-bound, bound, generator=generator)
+        take_lo, take_hi = max(lo, b_lo), min(hi, b_hi)
+        out[take_lo - lo:take_hi - lo] = values[take_lo - b_lo:take_hi - b_lo]
+    return out
+
+
 class EmbeddingTables(nn.Module):
-    def __init__(self, table_sizes: tuple[int, ...], dim: int, sparse_grad: bool = True):
+    def __init__(self, table_sizes: tuple[int, ...], dim: int, sparse_grad: bool = True, seed: int | None = None):
         super().__init__()
         self.table_sizes = tuple(table_sizes)
         self.dim = dim
@@ -23,15 +49,17 @@ class EmbeddingTables(nn.Module):
         self.weight = nn.Parameter(torch.empty(sum(table_sizes), dim))  # (R, D)
         offsets = torch.tensor((0,) + self.table_sizes[:-1], dtype=torch.int64).cumsum(0)
         self.register_buffer("row_offsets", offsets, persistent=False)  # (F,)
-        self.reset_parameters()
+        self.reset_parameters(seed)
 
     @torch.no_grad()
-    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Uniform(-1/sqrt(n), 1/sqrt(n)) per table of n rows, as the DLRM reference initializes."""
+    def reset_parameters(self, seed: int | None = None) -> None:
+        """Uniform(-1/sqrt(n), 1/sqrt(n)) per table of n rows (see `init_rows`); without a seed,
+        one is drawn from torch's global generator."""
+        if seed is None:
+            seed = int(torch.randint(0, 2**31 - 1, ()))
         start = 0
-        for n in self.table_sizes:
-            bound = 1.0 / math.sqrt(n)
-            self.weight[start:start + n].uniform_(-bound, bound, generator=generator)
+        for f, n in enumerate(self.table_sizes):
+            init_rows(self.weight[start:start + n], seed, f, n, 0)
             start += n
 
     def table(self, f: int) -> torch.Tensor:

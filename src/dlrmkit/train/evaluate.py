@@ -15,18 +15,21 @@ from dlrmkit.model import DLRM
 @torch.inference_mode()
 def predict_logits(model: DLRM, split: SplitArrays, batch_size: int = 16384,
                    max_index_range: int | None = None, max_rows: int | None = None,
-                   bf16: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, logits) of the first ``max_rows`` rows (all by default), in file order."""
+                   bf16: bool = False, part: tuple[int, int] = (0, 1),
+                   device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, logits) of the first ``max_rows`` rows (all by default), in file order; with
+    ``part=(rank, world_size)`` only that rank's share of each batch (`loader.part_positions`)."""
     if max_rows is not None:
         split = split.rows(0, min(max_rows, len(split)))
     was_training = model.training
     model.eval()
     labels, logits = [], []
     try:
-        for batch in batches(split, batch_size, max_index_range=max_index_range):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                out = model(batch.dense, batch.sparse)
-            logits.append(out.float().numpy())
+        device = device or torch.device("cpu")
+        for batch in batches(split, batch_size, max_index_range=max_index_range, part=part):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                out = model(batch.dense.to(device), batch.sparse.to(device))
+            logits.append(out.float().cpu().numpy())
             labels.append(batch.label.numpy())
     finally:
         model.train(was_training)
@@ -38,7 +41,10 @@ def predict_logits(model: DLRM, split: SplitArrays, batch_size: int = 16384,
 def evaluate(model: DLRM, split: SplitArrays, batch_size: int = 16384,
              max_index_range: int | None = None, max_rows: int | None = None, bf16: bool = False) -> dict:
     """AUC, log loss, accuracy (and row count, positive rate) of the model on a split."""
-    labels, logits = predict_logits(model, split, batch_size, max_index_range, max_rows, bf16)
+    return metrics_of(*predict_logits(model, split, batch_size, max_index_range, max_rows, bf16))
+
+
+def metrics_of(labels: np.ndarray, logits: np.ndarray) -> dict:
     positives = int(labels.sum())
     if positives == 0 or positives == labels.size:
         raise EvaluationError(f"AUC is undefined on {labels.size} rows holding only one class "

@@ -8,6 +8,10 @@ A run directory holds::
     checkpoint.pt      the latest checkpoint (atomic), from which ``resume`` continues
     best.pt            the checkpoint with the best validation AUC so far
     summary.json       final metrics, throughput, timings, configs
+
+In a distributed run (``parallel``: `parallel.Distributed`) every rank runs this same loop on its
+share of each batch; rank 0 alone writes the logs and the summary, each rank writes its shard of
+every checkpoint.
 """
 
 from __future__ import annotations
@@ -15,23 +19,21 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from dlrmkit.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from dlrmkit.checkpoint_shards import remove_stale_shards
 from dlrmkit.config import ModelConfig, TrainConfig
 from dlrmkit.data.dataset import Dataset, write_json_atomic
 from dlrmkit.data.loader import batches
-from dlrmkit.errors import CheckpointError, ConfigError, TrainingDivergedError
-from dlrmkit.model import build_model
+from dlrmkit.errors import ConfigError, TrainingDivergedError
 from dlrmkit.progress import Progress, human
-from dlrmkit.train.evaluate import evaluate
+from dlrmkit.train.evaluate import metrics_of
 from dlrmkit.train.optim import DLRMOptimizer
+from dlrmkit.train.parallel import OneProcess
 from dlrmkit.train.schedule import learning_rate
 
 
@@ -57,17 +59,22 @@ def check_tables(model_cfg: ModelConfig, dataset: Dataset) -> None:
 
 
 class RunLog:
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, enabled: bool = True):
         self.path = run_dir / "metrics.jsonl"
+        self.enabled = enabled
 
     def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
 
 def train(data_dir: str | os.PathLike, run_dir: str | os.PathLike, model_cfg: ModelConfig,
-          train_cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
+          train_cfg: TrainConfig, resume: bool = False, progress: bool = True,
+          parallel: OneProcess | None = None) -> dict:
     """Train a DLRM on ``data_dir``'s train split; returns the summary (also in run_dir/summary.json)."""
+    par = parallel or OneProcess()
     run_dir = Path(run_dir)
     dataset = Dataset(data_dir)
     check_tables(model_cfg, dataset)
@@ -78,44 +85,46 @@ def train(data_dir: str | os.PathLike, run_dir: str | os.PathLike, model_cfg: Mo
     if len(train_split) == 0:
         raise ConfigError(f"dataset {dataset.path} has an empty train split")
 
-    model = build_model(model_cfg, seed=train_cfg.seed)
+    model = par.build_model(model_cfg, train_cfg.seed)
     optimizer = DLRMOptimizer(model, train_cfg.optimizer)
     state = TrainState()
     ckpt_path = run_dir / "checkpoint.pt"
-    config_record = {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "data": str(Path(data_dir).resolve())}
+    config_record = {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "data": str(Path(data_dir).resolve()),
+                     "parallel": par.describe()}
     if resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path)
-        if ckpt["model_config"] != model_cfg.to_dict():
-            raise CheckpointError(f"{ckpt_path}: was trained with a different architecture than requested")
-        load_model_state(model, ckpt["model_state"], str(ckpt_path))
-        optimizer.load_state_dict(ckpt["optimizer_state"])
+        ckpt = par.restore(ckpt_path, model, optimizer, model_cfg)
         state = TrainState(**ckpt["train_state"])
         torch.set_rng_state(ckpt["rng"]["torch"])
-    elif not resume:
+    elif not resume and par.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         for name in ("metrics.jsonl", "summary.json", "checkpoint.pt", "best.pt"):
             (run_dir / name).unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / "config.json", config_record)
-    log = RunLog(run_dir)
+            remove_stale_shards(run_dir / name, set())
+    if par.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_dir / "config.json", config_record)
+    par.barrier("starting")
+    log = RunLog(run_dir, enabled=par.is_main)
 
     bs = train_cfg.batch_size
     steps_per_epoch = math.ceil(len(train_split) / bs)
     total_steps = train_cfg.max_steps or math.ceil(train_cfg.epochs * steps_per_epoch)
     cap = model_cfg.max_index_range
-    bar = Progress(total_steps * bs, "samples", "train", enabled=progress)
+    bar = Progress(total_steps * bs, "samples", "train", enabled=progress and par.is_main)
     bar.done = state.samples
 
     def save(path: Path, metrics: dict | None = None) -> None:
-        save_checkpoint(path, model, model_cfg, optimizer_state=optimizer.state_dict(),
-                        train_state=state.__dict__.copy(), train_config=train_cfg.to_dict(),
-                        extra={"data": config_record["data"], "metrics": metrics or {}})
+        par.save(path, model, model_cfg, optimizer, train_state=state.__dict__.copy(), train_config=train_cfg.to_dict(),
+                 extra={"data": config_record["data"], "metrics": metrics or {}})
+
+    def evaluate(split, max_rows: int | None) -> dict:
+        return metrics_of(*par.predict(model, split, train_cfg.eval_batch_size, cap, max_rows, train_cfg.bf16))
 
     def run_eval() -> dict | None:
         if val_split is None or len(val_split) == 0:
             return None
         t = time.perf_counter()
-        m = evaluate(model, val_split, train_cfg.eval_batch_size, cap, train_cfg.eval_max_rows, train_cfg.bf16)
+        m = evaluate(val_split, train_cfg.eval_max_rows)
         m.update(type="eval", split="val", step=state.step, epoch=state.step / steps_per_epoch,
                  seconds=time.perf_counter() - t)
         m["best"] = state.best_auc is None or m["auc"] > state.best_auc
@@ -127,12 +136,7 @@ def train(data_dir: str | os.PathLike, run_dir: str | os.PathLike, model_cfg: Mo
     def save_latest(metrics: dict | None) -> None:
         save(ckpt_path, metrics)
         if metrics is not None and metrics["best"]:  # best.pt: a second name for this checkpoint
-            best = run_dir / "best.pt"
-            best.unlink(missing_ok=True)
-            try:
-                os.link(ckpt_path, best)
-            except OSError:
-                shutil.copyfile(ckpt_path, best)
+            par.link(ckpt_path, run_dir / "best.pt")
 
     model.train()
     last_eval: dict | None = None
@@ -141,27 +145,28 @@ def train(data_dir: str | os.PathLike, run_dir: str | os.PathLike, model_cfg: Mo
     while state.step < total_steps and not stopped_early:
         epoch, start_batch = divmod(state.step, steps_per_epoch)
         for batch in batches(train_split, bs, shuffle=train_cfg.shuffle, seed=train_cfg.seed, epoch=epoch,
-                             start_batch=start_batch, max_index_range=cap):
+                             start_batch=start_batch, max_index_range=cap, part=(par.rank, par.world_size)):
             t0 = time.perf_counter()
+            global_rows = min(bs, len(train_split) - (state.step % steps_per_epoch) * bs)
             lr = learning_rate(state.step + 1, train_cfg.schedule, train_cfg.learning_rate)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=train_cfg.bf16):
-                logits = model(batch.dense, batch.sparse)
-            loss = F.binary_cross_entropy_with_logits(logits.float(), batch.label)
-            loss_value = loss.item()
+            with torch.autocast(par.device.type, dtype=torch.bfloat16, enabled=train_cfg.bf16):
+                logits = model(batch.dense.to(par.device), batch.sparse.to(par.device))
+            loss = par.loss(logits, batch.label.to(par.device), global_rows)
+            optimizer.zero_grad()
+            loss.backward()
+            loss_value = par.sync(model, loss)
             if not math.isfinite(loss_value):
                 raise TrainingDivergedError(f"training loss is {loss_value} at step {state.step + 1} "
                                             f"(learning rate {lr:g}); lower the learning rate or check the data")
-            optimizer.zero_grad()
-            loss.backward()
             optimizer.step(lr)
             dt = time.perf_counter() - t0
             state.step += 1
-            state.samples += len(batch)
+            state.samples += global_rows
             state.train_seconds += dt
-            window_loss += loss_value * len(batch)
-            window_n += len(batch)
+            window_loss += loss_value * global_rows
+            window_n += global_rows
             window_t += dt
-            bar.update(len(batch), extra=f"loss {window_loss / window_n:.4f} | step {state.step}/{total_steps}")
+            bar.update(global_rows, extra=f"loss {window_loss / window_n:.4f} | step {state.step}/{total_steps}")
             if state.step % train_cfg.log_every == 0 or state.step == total_steps:
                 log.write({"type": "train", "step": state.step, "epoch": state.step / steps_per_epoch,
                            "loss": window_loss / window_n, "lr": lr, "samples_per_s": window_n / window_t})
@@ -184,7 +189,7 @@ def train(data_dir: str | os.PathLike, run_dir: str | os.PathLike, model_cfg: Mo
 
     test = None
     if "test" in dataset.splits and dataset.splits["test"] > 0:
-        test = evaluate(model, dataset.split("test"), train_cfg.eval_batch_size, cap, None, train_cfg.bf16)
+        test = evaluate(dataset.split("test"), None)
         test.update(type="eval", split="test", step=state.step)
         log.write(test)
     summary = {
@@ -201,5 +206,6 @@ def train(data_dir: str | os.PathLike, run_dir: str | os.PathLike, model_cfg: Mo
         "checkpoint": str(ckpt_path),
         "config": config_record,
     }
-    write_json_atomic(run_dir / "summary.json", summary)
+    if par.is_main:
+        write_json_atomic(run_dir / "summary.json", summary)
     return summary
