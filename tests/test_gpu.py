@@ -56,3 +56,35 @@ def test_cuda_hot_tier_with_cold_rows_in_host_memory(data, precision):
     assert tiered.embeddings.hot.device.type == "cuda" and tiered.embeddings.cold.device.type == "cpu"
     assert tiered.embeddings.cold.is_pinned()
     np.testing.assert_allclose(predict(dense, predict.prepare(sparse)), want, rtol=0, atol=1e-5)
+
+
+def _train_cli(data: Dataset, out, *flags: str, nproc: int | None = None) -> list[float]:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "dlrmkit", "train", "--data", str(data.path), "--out", str(out), "--preset", "tiny",
+            "--batch-size", "2048", "--max-steps", "8", "--log-every", "1", "--optimizer", "adagrad", "--quiet", *flags]
+    if nproc:
+        args = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+                *args[1:]]
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    if not nproc:
+        env["CUDA_VISIBLE_DEVICES"] = ""  # the one-process trainer on CPU
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in lines if r["type"] == "train"]
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_nccl_training_matches_cpu(data, tmp_path, nproc):
+    """torchrun on GPUs (NCCL, tables on the device, sharded row-wise) trains as one CPU process."""
+    if nproc > torch.cuda.device_count():
+        pytest.skip(f"needs {nproc} GPUs, {torch.cuda.device_count()} visible")
+    cpu = _train_cli(data, tmp_path / "cpu")
+    gpu = _train_cli(data, tmp_path / "gpu", "--sharding", "row-wise", "--dist-backend", "nccl", nproc=nproc)
+    assert gpu == pytest.approx(cpu, rel=1e-4)
+    config = (tmp_path / "gpu" / "config.json").read_text()
+    assert f"{nproc} processes (nccl, cuda)" in config

@@ -106,6 +106,13 @@ class RowReader:
                                       f"{type(e).__name__}") from None
             if not isinstance(shard, dict) or shard.get("format") != SHARD_FORMAT:
                 raise CheckpointError(f"{p}: not a dlrmkit checkpoint shard")
+            listed = next(e["ranges"] for e in self.ckpt["sharded"]["files"] if e["name"] == name)
+            rows = sum(hi - lo for _, lo, hi in listed)
+            acc = shard["accumulator"]
+            if [list(r) for r in shard["ranges"]] != [list(r) for r in listed] or shard["weight"].shape[0] != rows \
+                    or (acc is not None and acc.shape[0] != rows):
+                raise CheckpointError(f"{p}: holds {shard['weight'].shape[0]} rows of ranges {shard['ranges']}, but "
+                                      f"{self.path} lists {rows} rows of ranges {listed}; the files do not belong together")
             self._files[name] = shard
         return self._files[name]
 
@@ -121,7 +128,7 @@ class RowReader:
             acc = self._accumulator_full()
             return weight.clone(), None if acc is None else acc[start + lo:start + hi].clone()
         weight, acc = None, None
-        covered = 0
+        covered = torch.zeros(hi - lo, dtype=torch.int32)
         for entry in self.ckpt["sharded"]["files"]:
             offset = 0
             for t, r_lo, r_hi in entry["ranges"]:
@@ -136,11 +143,14 @@ class RowReader:
                         if acc is None:
                             acc = torch.zeros(hi - lo)
                         acc[a - lo:b - lo] = shard["accumulator"][offset + a - r_lo:offset + b - r_lo]
-                    covered += b - a
+                    covered[a - lo:b - lo] += 1
                 offset += r_hi - r_lo
-        if covered != hi - lo:
-            raise CheckpointError(f"{self.path}: its shard files hold {covered} of rows [{lo}, {hi}) of table "
-                                  f"{table}; the checkpoint is incomplete or inconsistent")
+        if hi > lo and not bool((covered == 1).all()):
+            missing, doubled = int((covered == 0).sum()), int((covered > 1).sum())
+            raise CheckpointError(f"{self.path}: of rows [{lo}, {hi}) of table {table}, its shard files miss {missing} "
+                                  f"and hold {doubled} more than once; the checkpoint is incomplete or inconsistent")
+        if weight is None:  # an empty range
+            weight = torch.empty(0, self.ckpt["model_config"]["embedding_dim"])
         return weight, acc
 
 

@@ -272,13 +272,15 @@ def _run_train(args) -> int:
         from dlrmkit.train.plan import plan_shards
 
         comm = join(args.dist_backend, args.dist_timeout)
+        finished = False
         try:
             parallel = Distributed(comm, plan_shards(model_cfg.effective_table_sizes, comm.world_size,
                                                      args.sharding, args.row_wise_min_rows))
             summary = train(args.data, args.out, model_cfg, train_cfg, resume=args.resume,
                             progress=not args.quiet, parallel=parallel)
+            finished = True
         finally:
-            comm.close()
+            comm.close(finished)
         if not comm.is_main:
             return 0
     else:

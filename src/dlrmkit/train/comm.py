@@ -113,9 +113,14 @@ class Comm:
     def barrier(self, what: str) -> None:
         self._run("barrier", what, 0, lambda: dist.barrier())
 
-    def close(self) -> None:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    def close(self, finished: bool = True) -> None:
+        """Leave the process group; after a ``finished`` run, only once every rank is done (a rank
+        tearing its connections down while a peer is still working can abort that peer)."""
+        if not dist.is_initialized():
+            return
+        if finished:
+            self.barrier("finishing")
+        dist.destroy_process_group()
 
 
 class AllToAll(torch.autograd.Function):
