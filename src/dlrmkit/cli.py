@@ -19,9 +19,9 @@ import json
 import sys
 from pathlib import Path
 
-from dlrmkit import cli_bench
-from dlrmkit.config import DIST_BACKENDS, INTERACTIONS, OPTIMIZERS, SHARDINGS, PRESETS, ModelConfig, ScheduleConfig, SynthConfig, TrainConfig, preset
-from dlrmkit.errors import ConfigError, DlrmkitError
+from dlrmkit import cli_bench, cli_train
+from dlrmkit.config import PRESETS, SynthConfig
+from dlrmkit.errors import DlrmkitError
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -34,14 +34,6 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         raise UsageError(f"{self.prog}: error: {message}")
-
-
-def _widths(text: str) -> tuple[int, ...]:
-    try:
-        widths = tuple(int(w) for w in text.split("-"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected layer widths like 512-256-1, got {text!r}") from None
-    return widths
 
 
 def _positive_int(text: str) -> int:
@@ -69,62 +61,6 @@ def _add_synth(sub) -> None:
     p.add_argument("--click-rate", type=float, default=0.25)
     p.add_argument("--workers", type=_positive_int, default=2)
     p.add_argument("--quiet", action="store_true")
-
-
-def _add_model_flags(p) -> None:
-    g = p.add_argument_group("architecture (a preset, optionally overridden)")
-    g.add_argument("--preset", choices=PRESETS, default="kaggle")
-    g.add_argument("--arch-sparse-feature-size", type=int, help="embedding dim")
-    g.add_argument("--arch-mlp-bot", type=_widths, help="bottom MLP widths with input, e.g. 13-512-256-64-16")
-    g.add_argument("--arch-mlp-top", type=_widths, help="top MLP widths without input, e.g. 512-256-1")
-    g.add_argument("--arch-interaction-op", choices=INTERACTIONS)
-    g.add_argument("--arch-interaction-itself", action="store_true", help="dot: include <v_i, v_i>")
-    g.add_argument("--max-ind-range", type=int, help="cap each table at this many rows (index mod range)")
-
-
-def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a DLRM")
-    p.add_argument("--data", required=True, help="dataset directory")
-    p.add_argument("--out", required=True, help="run directory (checkpoints, metrics, summary)")
-    _add_model_flags(p)
-    d = TrainConfig()
-    g = p.add_argument_group("training")
-    g.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer,
-                   help="sgd, or adagrad (row-wise for tables)")
-    g.add_argument("--learning-rate", type=float, default=d.learning_rate)
-    g.add_argument("--mini-batch-size", "--batch-size", dest="batch_size", type=_positive_int, default=d.batch_size)
-    g.add_argument("--epochs", type=float, default=d.epochs)
-    g.add_argument("--max-steps", type=_positive_int)
-    g.add_argument("--lr-num-warmup-steps", type=int, default=0)
-    g.add_argument("--lr-decay-start-step", type=int, default=0)
-    g.add_argument("--lr-num-decay-steps", type=int, default=0)
-    g.add_argument("--eval-every", "--test-freq", dest="eval_every", type=_positive_int,
-                   help="evaluate on the validation split every N steps (default: each epoch's end)")
-    g.add_argument("--eval-batch-size", "--test-mini-batch-size", dest="eval_batch_size", type=_positive_int,
-                   default=d.eval_batch_size)
-    g.add_argument("--eval-max-rows", type=int, help="evaluate on the first N validation rows only")
-    g.add_argument("--target-auc", "--mlperf-auc-threshold", dest="target_auc", type=float,
-                   help="stop once the validation AUC reaches this")
-    g.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps")
-    g.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the forward pass")
-    g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--threads", type=_positive_int, help="torch intra-op threads")
-    g.add_argument("--log-every", type=int, default=d.log_every)
-    g.add_argument("--no-shuffle", action="store_true")
-    g.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt exactly")
-    g.add_argument("--quiet", action="store_true")
-    g = p.add_argument_group("many processes (torchrun: `torchrun --nproc-per-node N -m dlrmkit train ...`)")
-    g.add_argument("--nproc", type=_positive_int,
-                   help="run on N processes on this machine (launches torchrun --standalone for you)")
-    g.add_argument("--sharding", choices=SHARDINGS, default="auto",
-                   help="tables across ranks: table-wise, row-wise, or auto (row-wise for a table "
-                        "larger than an even share of all rows)")
-    g.add_argument("--row-wise-min-rows", type=_positive_int,
-                   help="auto: tables with more rows than this are sharded row-wise")
-    g.add_argument("--dist-backend", choices=DIST_BACKENDS, default="auto",
-                   help="auto: nccl with one GPU per process when CUDA is present, else gloo")
-    g.add_argument("--dist-timeout", type=float, default=600.0,
-                   help="seconds a collective waits for the other ranks before failing the job")
 
 
 def _add_evaluate(sub) -> None:
@@ -187,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dlrmkit", description="DLRM from Criteo logs to MLPerf-style results")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_synth(sub)
-    _add_train(sub)
+    cli_train.add_train(sub, _positive_int)
     _add_evaluate(sub)
     _add_preprocess(sub)
     _add_import(sub)
@@ -196,21 +132,6 @@ def build_parser() -> argparse.ArgumentParser:
     cli_bench.add_quantize(sub)
     _add_demo(sub)
     return parser
-
-
-def model_config_from_args(args, table_sizes: tuple[int, ...], num_dense: int) -> ModelConfig:
-    base = preset(args.preset, table_sizes, num_dense)
-    overrides = {
-        "embedding_dim": args.arch_sparse_feature_size,
-        "bottom_mlp": args.arch_mlp_bot,
-        "top_mlp": args.arch_mlp_top,
-        "interaction": args.arch_interaction_op,
-        "max_index_range": args.max_ind_range,
-    }
-    fields = {**base.to_dict(), **{k: v for k, v in overrides.items() if v is not None}}
-    if args.arch_interaction_itself:
-        fields["interaction_self"] = True
-    return ModelConfig(**fields)
 
 
 def _run_synth(args) -> int:
@@ -226,75 +147,6 @@ def _run_synth(args) -> int:
     print(f"wrote {cfg.rows} rows ({args.format}, {args.layout} layout) to {args.out} at "
           f"{meta['generation']['rows_per_s'] / 1e3:.0f}k rows/s; positive rate {meta['positive_rate']:.4f}; "
           f"oracle AUC test {oracle.get('test', float('nan')):.4f}")
-    return 0
-
-
-def _torchrun(args, nproc: int) -> int:
-    """Re-run this very command under torchrun on ``nproc`` local processes."""
-    import os
-    import subprocess
-
-    argv = list(args.argv)
-    for i, a in enumerate(argv):
-        if a == "--nproc":
-            del argv[i:i + 2]
-            break
-        if a.startswith("--nproc="):
-            del argv[i]
-            break
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "dlrmkit"] + argv
-    return subprocess.run(cmd, env=env).returncode
-
-
-def _run_train(args) -> int:
-    from dlrmkit.data.dataset import Dataset
-    from dlrmkit.train.comm import launched_by_torchrun
-    from dlrmkit.train.loop import train
-
-    if args.nproc and args.nproc > 1 and not launched_by_torchrun():
-        return _torchrun(args, args.nproc)
-    dataset = Dataset(args.data)
-    model_cfg = model_config_from_args(args, dataset.table_sizes, dataset.num_dense)
-    train_cfg = TrainConfig(
-        optimizer=args.optimizer, learning_rate=args.learning_rate, batch_size=args.batch_size,
-        epochs=args.epochs, max_steps=args.max_steps,
-        schedule=ScheduleConfig(args.lr_num_warmup_steps, args.lr_decay_start_step, args.lr_num_decay_steps),
-        eval_every=args.eval_every, eval_batch_size=args.eval_batch_size, eval_max_rows=args.eval_max_rows,
-        target_auc=args.target_auc, checkpoint_every=args.checkpoint_every, bf16=args.bf16, seed=args.seed,
-        threads=args.threads, log_every=args.log_every, shuffle=not args.no_shuffle)
-    parallel = None
-    if launched_by_torchrun():
-        from dlrmkit.train.comm import join
-        from dlrmkit.train.parallel import Distributed
-        from dlrmkit.train.plan import plan_shards
-
-        comm = join(args.dist_backend, args.dist_timeout)
-        finished = False
-        try:
-            parallel = Distributed(comm, plan_shards(model_cfg.effective_table_sizes, comm.world_size,
-                                                     args.sharding, args.row_wise_min_rows))
-            summary = train(args.data, args.out, model_cfg, train_cfg, resume=args.resume,
-                            progress=not args.quiet, parallel=parallel)
-            finished = True
-        finally:
-            comm.close(finished)
-        if not comm.is_main:
-            return 0
-    else:
-        summary = train(args.data, args.out, model_cfg, train_cfg, resume=args.resume, progress=not args.quiet)
-    parts = [f"trained {summary['steps']} steps ({summary['epochs']:.2f} epochs) at "
-             f"{summary['train_samples_per_s'] / 1e3:.1f}k samples/s"]
-    for split in ("val", "test"):
-        if summary[split]:
-            parts.append(f"{split} AUC {summary[split]['auc']:.4f} log loss {summary[split]['log_loss']:.4f}")
-    oracle = summary.get("oracle_auc") or {}
-    if "test" in oracle:
-        parts.append(f"oracle test AUC {oracle['test']:.4f}")
-    print("; ".join(parts))
-    print(f"run directory: {args.out} (checkpoint.pt, best.pt, metrics.jsonl, summary.json)")
     return 0
 
 
@@ -360,7 +212,7 @@ def _run_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"synth": _run_synth, "train": _run_train, "evaluate": _run_evaluate,
+COMMANDS = {"synth": _run_synth, "train": cli_train.run_train, "evaluate": _run_evaluate,
             "preprocess": _run_preprocess, "import": _run_import, "demo": _run_demo,
             "bench": cli_bench.run_bench, "accuracy": cli_bench.run_accuracy, "quantize": cli_bench.run_quantize}
 
