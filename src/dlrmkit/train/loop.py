@@ -80,7 +80,11 @@ def train(data_dir: str | os.PathLike, run_dir: str | os.PathLike, model_cfg: Mo
     check_tables(model_cfg, dataset)
     if train_cfg.threads:
         torch.set_num_threads(train_cfg.threads)
-    train_split = dataset.split("train").load()
+    train_split = dataset.split("train")
+    if par.world_size == 1:  # one process reads it all: hold it in memory
+        train_split = train_split.load()
+    # many ranks read it memory-mapped: each touches only its rows, and ranks on one machine share
+    # the page cache instead of holding a copy each
     val_split = dataset.split("val") if "val" in dataset.splits else None
     if len(train_split) == 0:
         raise ConfigError(f"dataset {dataset.path} has an empty train split")
