@@ -21,7 +21,7 @@ from pathlib import Path
 
 from dlrmkit import cli_bench, cli_train
 from dlrmkit.config import PRESETS, SynthConfig
-from dlrmkit.errors import DlrmkitError
+from dlrmkit.errors import ConfigError, DlrmkitError
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -93,6 +93,16 @@ def _add_preprocess(sub) -> None:
     p.add_argument("--workers", type=_positive_int, default=2)
     p.add_argument("--keep-stage", action="store_true", help="keep OUT/.stage (parsed raw arrays)")
     p.add_argument("--quiet", action="store_true")
+    g = p.add_argument_group("engine")
+    g.add_argument("--engine", choices=("local", "spark"), default="local",
+                   help="local: this machine's processes (--workers); spark: parse on Apache Spark "
+                        "(inputs may be any Hadoop file system URI; OUT must be seen by every executor)")
+    g.add_argument("--spark-master", default="local[*]",
+                   help="local[N], spark://HOST:PORT, yarn, k8s://... (default local[*])")
+    g.add_argument("--spark-partitions", type=_positive_int,
+                   help="cut each plain input file into about N partitions (gzip files are read whole)")
+    g.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
+                   help="a Spark setting, e.g. spark.executor.memory=8g (repeatable)")
 
 
 def _add_import(sub) -> None:
@@ -183,7 +193,19 @@ def _run_preprocess(args) -> int:
                            max_index_range=args.max_ind_range, frequency_threshold=args.frequency_threshold,
                            on_bad_line=args.on_bad_line, sub_sample_rate=args.sub_sample_rate, seed=args.seed,
                            workers=args.workers, keep_stage=args.keep_stage)
-    meta = preprocess(cfg, args.out, progress=not args.quiet)
+    if args.engine == "spark":
+        from dlrmkit.data.spark_engine import SparkOptions, preprocess_spark
+
+        conf = []
+        for item in args.spark_conf:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ConfigError(f"--spark-conf takes KEY=VALUE, got {item!r}")
+            conf.append((key.strip(), value.strip()))
+        options = SparkOptions(args.spark_master, args.spark_partitions, tuple(conf))
+        meta = preprocess_spark(cfg, args.out, options, progress=not args.quiet)
+    else:
+        meta = preprocess(cfg, args.out, progress=not args.quiet)
     src, perf = meta["source"], meta["preprocess"]
     skipped = {k: v for k, v in src["bad_lines"].items() if v}
     print(f"wrote {src['rows']:,} rows ({', '.join(f'{k} {v:,}' for k, v in meta['splits'].items() for v in [v['rows']])}) "

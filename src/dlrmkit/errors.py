@@ -31,3 +31,7 @@ class BenchmarkError(DlrmkitError):
 
 class DistributedError(DlrmkitError):
     """A distributed job cannot start, or a collective failed (another rank died or timed out)."""
+
+
+class EngineError(DlrmkitError):
+    """A processing engine (Spark, Java) is missing, misconfigured or failed."""

@@ -301,14 +301,20 @@ def preprocess(cfg: PreprocessConfig, out: str | os.PathLike, progress: bool = T
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     bar.close()
-    parse_seconds = time.perf_counter() - t0
+    rows = [i.rows for i in infos]
+    return build_dataset(cfg, out, StagedRows(stages, rows, stage_layout(cfg)[1]), infos,
+                         [_input_identity(p) for p in inputs], total_bytes, t0, time.perf_counter() - t0, progress)
 
+
+def build_dataset(cfg: PreprocessConfig, out: Path, staged: "StagedRows", infos: list[StageInfo],
+                  identities: list[dict], total_bytes: int, t0: float, parse_seconds: float,
+                  progress: bool = True, engine: dict | None = None) -> dict:
+    """Pass 2 over the staged rows of every input (``infos``: one per input file, in order)."""
     rows = [i.rows for i in infos]
     days = day_sizes(sum(rows), KAGGLE_DAYS) if cfg.dataset == "kaggle" else rows
     if sum(rows) < len(days) or days[-1] < 1:
-        raise DatasetError(f"{inputs[-1]}: too few rows ({sum(rows)}) to cut into {len(days)} days")
+        raise DatasetError(f"{cfg.inputs[-1]}: too few rows ({sum(rows)}) to cut into {len(days)} days")
     ranges = split_ranges(days)
-    staged = StagedRows(stages, rows, stage_layout(cfg)[1])
     train_lo, train_hi = ranges["train"]
 
     bar = Progress(sum(rows), "rows", "preprocess [2/2 build]", enabled=progress)
@@ -358,7 +364,7 @@ def preprocess(cfg: PreprocessConfig, out: str | os.PathLike, progress: bool = T
     source = {
         "kind": "criteo",
         "dataset": cfg.dataset,
-        "inputs": [_input_identity(p) for p in inputs],
+        "inputs": identities,
         "vocab": cfg.vocab,
         "max_index_range": cfg.max_index_range,
         "frequency_threshold": cfg.frequency_threshold if cfg.vocab == "frequency" else None,
@@ -375,7 +381,8 @@ def preprocess(cfg: PreprocessConfig, out: str | os.PathLike, progress: bool = T
                "workers": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
     meta = writer.finish(tuple(table_sizes), source, {
         "preprocess": {"seconds": seconds, "parse_seconds": parse_seconds, "peak_rss_mb": peak_mb,
-                       "rows_per_s": sum(rows) / seconds, "input_bytes": total_bytes},
+                       "rows_per_s": sum(rows) / seconds, "input_bytes": total_bytes,
+                       "engine": engine or {"name": "local", "workers": cfg.workers}},
     })
     if not cfg.keep_stage:
         shutil.rmtree(out / ".stage", ignore_errors=True)

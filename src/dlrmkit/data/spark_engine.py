@@ -1,0 +1,228 @@
+"""The preprocessing engine on Apache Spark: pass 1 (read, gunzip, parse, stage) runs on Spark's
+executors, pass 2 (vocabularies, splits, dataset files) is the local engine's own, so the dataset
+is byte for byte the local engine's.
+
+Reading: Hadoop's ``TextInputFormat`` with the record delimiter set to ``\\n`` (as the local
+engine splits lines), so any Hadoop file system URI (``file://``, ``hdfs://``, ``s3a://`` ...)
+and gzip work; a plain file is split into partitions by byte range, a gzipped one is read whole.
+Each record comes with its byte offset in the (uncompressed) file, and the global row order is
+carried explicitly: a partition's staged rows are placed by (input file, offset of its first
+line), never by partition number.
+
+Staging: each partition's lines are parsed by the same parser (`criteo_text.parse_block`) and
+written in the local engine's stage layout to ``OUT/.stage/spark/f<file>-p<partition>/`` by the
+executor, so ``OUT`` must be a directory every executor and the driver see (always so with
+``local[*]``; a shared file system on a cluster). The driver collects, per partition, its first
+offset, line count and bad lines, and applies the bad-line policy with each line's number in its
+file, as the local engine does.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dlrmkit.config import PreprocessConfig
+from dlrmkit.data.criteo_text import BAD_KINDS
+from dlrmkit.data.dataset import mark_incomplete
+from dlrmkit.data.preprocess import StageInfo, StagedRows, build_dataset, parse_for_stage, stage_layout
+from dlrmkit.errors import DatasetError, EngineError
+from dlrmkit.progress import Progress
+
+TEXT_INPUT = "org.apache.hadoop.mapreduce.lib.input.TextInputFormat"
+MIN_JAVA = 17
+
+
+@dataclass(frozen=True)
+class SparkOptions:
+    master: str = "local[*]"
+    partitions: int | None = None  # target partitions per plain input file (gzip files are one each)
+    conf: tuple[tuple[str, str], ...] = ()
+
+
+def check_java() -> str:
+    """The ``java -version`` line; EngineError naming what was expected and found, and the fix."""
+    home = os.environ.get("JAVA_HOME")
+    java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
+    if not java or not Path(java).exists():
+        where = f"JAVA_HOME={home} has no bin/java" if home else "no `java` on PATH and JAVA_HOME is not set"
+        raise EngineError(f"the spark engine needs Java {MIN_JAVA} or newer: {where}. Install a JDK "
+                          f"(e.g. `apt install openjdk-17-jre-headless`) or set JAVA_HOME, or use --engine local")
+    try:
+        out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=60).stderr
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise EngineError(f"the spark engine needs Java {MIN_JAVA}+: `{java} -version` failed ({e})") from None
+    m = re.search(r'version "(\d+)(?:\.(\d+))?', out)
+    major = int(m.group(1)) if m else 0
+    major = int(m.group(2)) if m and major == 1 and m.group(2) else major  # "1.8" is Java 8
+    if major < MIN_JAVA:
+        raise EngineError(f"the spark engine needs Java {MIN_JAVA} or newer; {java} is "
+                          f"{out.strip().splitlines()[0] if out.strip() else 'of unknown version'}. "
+                          f"Point JAVA_HOME at a newer JDK, or use --engine local")
+    return out.strip().splitlines()[0]
+
+
+def spark_session(options: SparkOptions):
+    """A SparkSession for ``options``; EngineError when PySpark or Java is missing or Spark cannot start."""
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        raise EngineError("the spark engine needs PySpark: `pip install 'dlrmkit[spark]'` (or `pip install "
+                          "pyspark`), or use --engine local") from None
+    check_java()
+    builder = SparkSession.builder.master(options.master).appName("dlrmkit preprocess")
+    if options.master.startswith("local"):  # Python workers run this interpreter, which has dlrmkit
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    for key, value in options.conf:
+        builder = builder.config(key, value)
+    try:
+        spark = builder.getOrCreate()
+    except Exception as e:  # py4j / Java gateway errors come in several types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EngineError(f"Spark did not start (master {options.master}): {first}") from None
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def _stage_partition(file_index: int, out: str, cfg: PreprocessConfig, pid: int, records):
+    """Executor side: parse one partition's (offset, line) records into its stage directory."""
+    layout = stage_layout(cfg)[1]
+    stage = Path(out) / ".stage" / "spark" / f"f{file_index:04d}-p{pid:06d}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    files = {name: open(stage / f"{name}.bin", "wb") for name in layout}
+    first_offset, lines, rows, bad = None, 0, 0, []
+    hash_range = cfg.max_index_range if cfg.vocab == "hash" else None
+    pending: list[str] = []
+    size = 0
+
+    def flush() -> None:
+        nonlocal lines, rows, pending, size
+        block = parse_for_stage(("\n".join(pending) + "\n").encode("utf-8", "surrogateescape"), hash_range)
+        for b in block.bad:
+            bad.append((lines + b.line, b.kind, b.detail))
+        for name, (dtype, _) in layout.items():
+            files[name].write(getattr(block, name).astype(dtype, copy=False).tobytes())
+        lines += block.lines
+        rows += block.label.size
+        pending, size = [], 0
+
+    for offset, line in records:
+        if first_offset is None:
+            first_offset = int(offset)
+        pending.append(line)
+        size += len(line) + 1
+        if size >= cfg.block_bytes:
+            flush()
+    if pending:
+        flush()
+    for f in files.values():
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+    if cfg.on_bad_line == "error":
+        bad = bad[:1]
+    yield {"file": file_index, "partition": pid, "first_offset": first_offset, "lines": lines, "rows": rows,
+           "bad": bad, "stage": str(stage)}
+
+
+def _input_identity(spark, uri: str) -> dict:
+    """Path and size through Hadoop's file system API (local paths and any URI alike)."""
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(uri)
+    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    if not fs.exists(path) or not fs.getFileStatus(path).isFile():
+        raise DatasetError(f"{uri}: no such input file")
+    status = fs.getFileStatus(path)
+    return {"path": str(fs.makeQualified(path).toString()), "bytes": int(status.getLen()),
+            "mtime_ms": int(status.getModificationTime())}
+
+
+def preprocess_spark(cfg: PreprocessConfig, out: str | os.PathLike, options: SparkOptions = SparkOptions(),
+                     progress: bool = True) -> dict:
+    """`preprocess` with pass 1 on Spark; returns the dataset metadata."""
+    out = Path(out).resolve()
+    spark = spark_session(options)
+    sc = spark.sparkContext
+    t0 = time.perf_counter()
+    identities = [_input_identity(spark, uri) for uri in cfg.inputs]
+    out.mkdir(parents=True, exist_ok=True)
+    mark_incomplete(out)
+    shutil.rmtree(out / ".stage", ignore_errors=True)
+    total_bytes = sum(i["bytes"] for i in identities)
+    if progress:
+        print(f"preprocess [1/2 parse on Spark {sc.version}, master {sc.master}]: "
+              f"{len(cfg.inputs)} inputs, {total_bytes / 1e6:,.0f} MB", file=sys.stderr, flush=True)
+    rdds = []
+    for k, (uri, ident) in enumerate(zip(cfg.inputs, identities)):
+        conf = {"textinputformat.record.delimiter": "\n"}
+        if options.partitions:
+            conf["mapreduce.input.fileinputformat.split.maxsize"] = str(max(1, -(-ident["bytes"] // options.partitions)))
+            conf["mapreduce.input.fileinputformat.split.minsize"] = "1"
+        rdd = sc.newAPIHadoopFile(uri, TEXT_INPUT, "org.apache.hadoop.io.LongWritable", "org.apache.hadoop.io.Text",
+                                  conf=conf)
+        rdds.append(rdd.mapPartitionsWithIndex(
+            lambda pid, it, k=k: _stage_partition(k, str(out), cfg, pid, it)))
+    try:
+        parts = sc.union(rdds).collect()
+    except Exception as e:
+        raise _read_error(e, cfg) from None
+    infos, stages, stage_rows = _apply_bad_line_policy(cfg, parts)
+    parse_seconds = time.perf_counter() - t0
+    if progress:
+        rows = sum(i.rows for i in infos)
+        print(f"preprocess [1/2 parse on Spark]: {rows:,} rows in {len(parts)} partitions at "
+              f"{rows / parse_seconds / 1e3:,.0f}k rows/s", file=sys.stderr, flush=True)
+    engine = {"name": "spark", "spark_version": sc.version, "master": sc.master, "partitions": len(parts),
+              "default_parallelism": sc.defaultParallelism}
+    staged = StagedRows(stages, stage_rows, stage_layout(cfg)[1])
+    return build_dataset(cfg, out, staged, infos, identities, total_bytes, t0, parse_seconds, progress, engine)
+
+
+def _apply_bad_line_policy(cfg: PreprocessConfig, parts: list[dict]):
+    """Order partitions by (file, first offset); per-file StageInfos; raise on the first bad line
+    (in file order) under 'error'."""
+    infos, stages, stage_rows = [], [], []
+    for k, uri in enumerate(cfg.inputs):
+        mine = sorted((p for p in parts if p["file"] == k and p["lines"]),
+                      key=lambda p: p["first_offset"])
+        bad = {kind: 0 for kind in BAD_KINDS + ("truncated_gzip", "empty_file")}
+        line = 0
+        for p in mine:
+            if p["bad"] and cfg.on_bad_line == "error":
+                at, kind, detail = p["bad"][0]
+                raise DatasetError(f"{uri}: line {line + at + 1}: {kind}: {detail} "
+                                   f"(use --on-bad-line skip to skip such lines)")
+            for _, kind, _ in p["bad"]:
+                bad[kind] += 1
+            line += p["lines"]
+            stages.append(Path(p["stage"]))
+            stage_rows.append(p["rows"])
+        if line == 0:
+            if cfg.on_bad_line == "error":
+                raise DatasetError(f"{uri}: the file is empty")
+            bad["empty_file"] += 1
+        infos.append(StageInfo(sum(p["rows"] for p in mine), line, bad))
+    return infos, stages, stage_rows
+
+
+def _read_error(e: Exception, cfg: PreprocessConfig) -> Exception:
+    text = str(e)
+    if re.search(r"EOFException|Unexpected end of (input|ZLIB)|invalid (block type|stored block|distance)|"
+                 r"Not in GZIP format|incorrect header check", text):
+        name = re.search(r"(?:file:|hdfs:|s3a?:)?/[^\s:]+\.gz", text)
+        where = name.group(0) if name else "a gzip input"
+        return DatasetError(f"{where}: the gzip stream is truncated or corrupt (Spark's reader stops at it; "
+                            f"the local engine can keep its complete lines with --on-bad-line skip)")
+    first = next((line for line in text.splitlines() if "Error" in line or "Exception" in line), text[:300])
+    return EngineError(f"the Spark job failed: {first.strip()}")
+
+

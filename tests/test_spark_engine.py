@@ -1,0 +1,196 @@
+"""`dlrmkit preprocess --engine spark` (PySpark in local mode) writes exactly the local engine's
+dataset: every file byte for byte, for each vocabulary, for one and several partitions, plain and
+gzipped, Kaggle and Terabyte layouts, the real rows in ../shared, and the same bad-line errors and
+counts. Skipped, with the reason, where PySpark or Java is missing."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from criteo_naive import random_line
+from dlrmkit.cli import main
+from dlrmkit.config import PreprocessConfig
+from dlrmkit.data.preprocess import preprocess
+from dlrmkit.errors import DatasetError, EngineError
+
+pyspark = pytest.importorskip("pyspark", reason="PySpark is not installed (pip install 'dlrmkit[spark]')")
+if shutil.which("java") is None and not __import__("os").environ.get("JAVA_HOME"):
+    pytest.skip("no Java on this machine (Spark needs Java 17+)", allow_module_level=True)
+
+from dlrmkit.data.spark_engine import SparkOptions, check_java, preprocess_spark, spark_session  # noqa: E402
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "criteo_data" / "criteo_kaggle_train_head10109.txt.gz"
+OPTIONS = SparkOptions(master="local[2]", conf=(("spark.ui.enabled", "false"),
+                                                ("spark.sql.shuffle.partitions", "2")))
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name != "metadata.json" and ".stage" not in p.parts}
+
+
+def _meta(out: Path) -> dict:
+    meta = json.loads((out / "metadata.json").read_text())
+    meta.pop("preprocess")
+    meta["source"]["inputs"] = [i["bytes"] for i in meta["source"]["inputs"]]  # paths differ in form
+    return meta
+
+
+def _both(tmp_path: Path, inputs, partitions: int | None = None, **kw) -> tuple[Path, Path]:
+    cfg = PreprocessConfig(inputs=tuple(str(p) for p in inputs), workers=1, **kw)
+    preprocess(cfg, tmp_path / "local", progress=False)
+    preprocess_spark(cfg, tmp_path / "spark", SparkOptions(OPTIONS.master, partitions, OPTIONS.conf), progress=False)
+    return tmp_path / "local", tmp_path / "spark"
+
+
+def _assert_same(local: Path, spark: Path) -> None:
+    a, b = _files(local), _files(spark)
+    assert sorted(a) == sorted(b)
+    different = [name for name in a if a[name] != b[name]]
+    assert not different, different
+    assert _meta(local) == _meta(spark)
+    engine = json.loads((spark / "metadata.json").read_text())["preprocess"]["engine"]
+    assert engine["name"] == "spark" and engine["partitions"] >= 1
+
+
+def _text(n: int, seed: int, bad_at: dict[int, str] | None = None) -> str:
+    rnd = random.Random(seed)
+    return "".join((bad_at or {}).get(i) or random_line(rnd) for i in range(n))
+
+
+@pytest.fixture(scope="module")
+def kaggle_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("spark_kaggle") / "train.txt"
+    path.write_text(_text(3000, seed=11))
+    return path
+
+
+@pytest.mark.parametrize("vocab,partitions", [("hash", 1), ("hash", 4), ("frequency", 1), ("frequency", 3),
+                                              ("reference", 1), ("reference", 5)])
+def test_kaggle_same_dataset_as_local(tmp_path, kaggle_file, vocab, partitions):
+    kw = {"max_index_range": 997} if vocab == "hash" else {"frequency_threshold": 2} if vocab == "frequency" else {}
+    local, spark = _both(tmp_path, [kaggle_file], partitions, dataset="kaggle", vocab=vocab, **kw)
+    _assert_same(local, spark)
+
+
+def test_terabyte_layout_gzip_and_plain_same_as_local(tmp_path):
+    days = []
+    for d in range(3):
+        text = _text(700 + 100 * d, seed=20 + d)
+        if d == 1:  # a gzipped day among plain ones, written as two gzip members
+            path = tmp_path / f"day_{d}.gz"
+            half = len(text) // 2
+            cut = text.rindex("\n", 0, half) + 1
+            path.write_bytes(gzip.compress(text[:cut].encode()) + gzip.compress(text[cut:].encode()))
+        else:
+            path = tmp_path / f"day_{d}"
+            path.write_text(text)
+        days.append(path)
+    local, spark = _both(tmp_path, days, 2, dataset="terabyte", vocab="reference", max_index_range=5000,
+                         sub_sample_rate=0.5, seed=3)
+    _assert_same(local, spark)
+
+
+@pytest.mark.skipif(not REAL.is_file(), reason=f"real Criteo rows not present at {REAL}")
+def test_real_rows_same_as_local(tmp_path):
+    local, spark = _both(tmp_path, [REAL], None, dataset="kaggle", vocab="reference")
+    _assert_same(local, spark)
+
+
+BAD = {
+    "field_count": "1\t2\t3\n",
+    "bad_label": "\t".join(["x"] + ["1"] * 13 + ["a"] * 26) + "\n",
+    "dense_not_integer": "\t".join(["0", "1.5"] + ["1"] * 12 + ["a"] * 26) + "\n",
+    "categorical_not_hex": "\t".join(["0"] + ["1"] * 13 + ["zz"] + ["a"] * 25) + "\n",
+    "categorical_too_long": "\t".join(["0"] + ["1"] * 13 + ["123456789"] + ["a"] * 25) + "\n",
+}
+
+
+def test_bad_lines_skipped_and_counted_as_local(tmp_path):
+    kinds = list(BAD)
+    bad_at = {p: BAD[kinds[i % len(kinds)]] for i, p in enumerate(random.Random(2).sample(range(2000), 25))}
+    src = tmp_path / "train.txt"
+    src.write_text(_text(2000, seed=4, bad_at=bad_at))
+    local, spark = _both(tmp_path, [src], 3, dataset="kaggle", vocab="frequency", on_bad_line="skip")
+    _assert_same(local, spark)
+    bad = json.loads((spark / "metadata.json").read_text())["source"]["bad_lines"]
+    assert sum(bad.values()) == 25 and bad["field_count"] == 5
+
+
+def test_bad_line_error_names_the_same_line(tmp_path):
+    src = tmp_path / "train.txt"
+    src.write_text(_text(2500, seed=5, bad_at={1777: BAD["dense_not_integer"], 2100: BAD["bad_label"]}))
+    cfg = PreprocessConfig(dataset="kaggle", inputs=(str(src),), vocab="reference", workers=1)
+    with pytest.raises(DatasetError) as local:
+        preprocess(cfg, tmp_path / "local", progress=False)
+    with pytest.raises(DatasetError) as spark:
+        preprocess_spark(cfg, tmp_path / "spark", SparkOptions(OPTIONS.master, 4, OPTIONS.conf), progress=False)
+    assert str(spark.value) == str(local.value)
+    assert "line 1778:" in str(spark.value)
+    assert not (tmp_path / "spark" / "metadata.json").exists()
+
+
+def test_empty_day_as_local(tmp_path):
+    days = [tmp_path / f"day_{d}" for d in range(3)]
+    days[0].write_text(_text(50, seed=1))
+    days[1].write_bytes(b"")
+    days[2].write_text(_text(40, seed=2))
+    cfg = PreprocessConfig(dataset="terabyte", inputs=tuple(map(str, days)), vocab="reference", workers=1)
+    with pytest.raises(DatasetError, match="empty") as e:
+        preprocess_spark(cfg, tmp_path / "spark", OPTIONS, progress=False)
+    assert str(days[1]) in str(e.value)
+    local, spark = _both(tmp_path, days, None, dataset="terabyte", vocab="reference", on_bad_line="skip")
+    _assert_same(local, spark)
+
+
+def test_missing_input_named(tmp_path):
+    cfg = PreprocessConfig(dataset="kaggle", inputs=(str(tmp_path / "nope.txt"),), vocab="reference")
+    with pytest.raises(DatasetError, match="nope.txt: no such input file"):
+        preprocess_spark(cfg, tmp_path / "out", OPTIONS, progress=False)
+
+
+def test_cli_engine_spark(tmp_path, kaggle_file):
+    out = tmp_path / "cli"
+    rc = main(["preprocess", "--dataset", "kaggle", "--input", str(kaggle_file), "--out", str(out), "--vocab",
+               "frequency", "--engine", "spark", "--spark-master", "local[2]", "--spark-partitions", "2",
+               "--spark-conf", "spark.ui.enabled=false", "--quiet"])
+    assert rc == 0
+    cfg = PreprocessConfig(dataset="kaggle", inputs=(str(kaggle_file),), vocab="frequency", workers=1)
+    preprocess(cfg, tmp_path / "local", progress=False)
+    _assert_same(tmp_path / "local", out)
+    assert main(["preprocess", "--dataset", "kaggle", "--input", str(kaggle_file), "--out", str(out),
+                 "--engine", "spark", "--spark-conf", "no-equals-sign", "--quiet"]) == 1
+
+
+def test_missing_java_is_explained(monkeypatch, tmp_path):
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "no-jdk"))
+    with pytest.raises(EngineError, match=r"needs Java 17 or newer: JAVA_HOME=.*no-jdk has no bin/java.*--engine local"):
+        check_java()
+    monkeypatch.delenv("JAVA_HOME")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(EngineError, match="no `java` on PATH and JAVA_HOME is not set"):
+        check_java()
+
+
+def test_old_java_is_explained(monkeypatch, tmp_path):
+    fake = tmp_path / "jdk" / "bin" / "java"
+    fake.parent.mkdir(parents=True)
+    fake.write_text('#!/bin/sh\necho \'openjdk version "1.8.0_392"\' >&2\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "jdk"))
+    with pytest.raises(EngineError, match=r"needs Java 17 or newer; .* is openjdk version \"1.8.0_392\""):
+        check_java()
+
+
+def test_missing_pyspark_is_explained(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pyspark.sql", None)
+    with pytest.raises(EngineError, match=r"needs PySpark: `pip install 'dlrmkit\[spark\]'`"):
+        spark_session(OPTIONS)
