@@ -2,23 +2,25 @@
 executors, pass 2 (vocabularies, splits, dataset files) is the local engine's own, so the dataset
 is byte for byte the local engine's.
 
-Reading: Hadoop's ``TextInputFormat`` with the record delimiter set to ``\\n`` (as the local
-engine splits lines), so any Hadoop file system URI (``file://``, ``hdfs://``, ``s3a://`` ...)
-and gzip work; a plain file is split into partitions by byte range, a gzipped one is read whole.
-Each record comes with its byte offset in the (uncompressed) file, and the global row order is
-carried explicitly: a partition's staged rows are placed by (input file, offset of its first
-line), never by partition number.
+Reading: Spark's text source with the line separator ``\n`` (as the local engine splits lines),
+so any Hadoop file system URI (``file://``, ``hdfs://``, ``s3a://`` ...) and gzip work; a plain
+file is read as byte-range splits, a gzipped one whole. Lines reach Python as Arrow batches
+(``mapInArrow``: one buffer of bytes, no Python object per line), and the global row order is
+carried explicitly: every line comes with its input file's number and its split's first byte
+(``_metadata.file_block_start``), and splits are placed by (file, first byte), never by
+partition number.
 
-Staging: each partition's lines are parsed by the same parser (`criteo_text.parse_block`) and
-written in the local engine's stage layout to ``OUT/.stage/spark/f<file>-p<partition>/`` by the
+Staging: each split's lines are parsed by the same parser (`criteo_text.parse_block`) and
+written in the local engine's stage layout to ``OUT/.stage/spark/f<file>-b<first byte>/`` by the
 executor, so ``OUT`` must be a directory every executor and the driver see (always so with
-``local[*]``; a shared file system on a cluster). The driver collects, per partition, its first
-offset, line count and bad lines, and applies the bad-line policy with each line's number in its
+``local[*]``; a shared file system on a cluster). The driver collects, per split, its line count
+and bad lines, and applies the bad-line policy with each line's number in its
 file, as the local engine does.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -37,7 +39,6 @@ from dlrmkit.data.preprocess import StageInfo, StagedRows, build_dataset, parse_
 from dlrmkit.errors import DatasetError, EngineError
 from dlrmkit.progress import Progress
 
-TEXT_INPUT = "org.apache.hadoop.mapreduce.lib.input.TextInputFormat"
 MIN_JAVA = 17
 
 
@@ -78,7 +79,8 @@ def spark_session(options: SparkOptions):
         raise EngineError("the spark engine needs PySpark: `pip install 'dlrmkit[spark]'` (or `pip install "
                           "pyspark`), or use --engine local") from None
     check_java()
-    builder = SparkSession.builder.master(options.master).appName("dlrmkit preprocess")
+    builder = (SparkSession.builder.master(options.master).appName("dlrmkit preprocess")
+               .config("spark.sql.execution.arrow.maxRecordsPerBatch", "65536"))
     if options.master.startswith("local"):  # Python workers run this interpreter, which has dlrmkit
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     for key, value in options.conf:
@@ -92,46 +94,70 @@ def spark_session(options: SparkOptions):
     return spark
 
 
-def _stage_partition(file_index: int, out: str, cfg: PreprocessConfig, pid: int, records):
-    """Executor side: parse one partition's (offset, line) records into its stage directory."""
+def _stage_batches(out: str, cfg: PreprocessConfig, batches):
+    """Executor side (``mapInArrow``): parse a task's lines into one stage directory per file split
+    it reads, keyed by (input file, split start); one summary row per split."""
+    import pyarrow as pa
+
     layout = stage_layout(cfg)[1]
-    stage = Path(out) / ".stage" / "spark" / f"f{file_index:04d}-p{pid:06d}"
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(parents=True)
-    files = {name: open(stage / f"{name}.bin", "wb") for name in layout}
-    first_offset, lines, rows, bad = None, 0, 0, []
     hash_range = cfg.max_index_range if cfg.vocab == "hash" else None
-    pending: list[str] = []
-    size = 0
+    open_splits: dict[tuple[int, int], dict] = {}
 
-    def flush() -> None:
-        nonlocal lines, rows, pending, size
-        block = parse_for_stage(("\n".join(pending) + "\n").encode("utf-8", "surrogateescape"), hash_range)
-        for b in block.bad:
-            bad.append((lines + b.line, b.kind, b.detail))
-        for name, (dtype, _) in layout.items():
-            files[name].write(getattr(block, name).astype(dtype, copy=False).tobytes())
-        lines += block.lines
-        rows += block.label.size
-        pending, size = [], 0
+    def split_of(k: int, start: int) -> dict:
+        key = (k, start)
+        if key not in open_splits:
+            stage = Path(out) / ".stage" / "spark" / f"f{k:04d}-b{start:015d}"
+            shutil.rmtree(stage, ignore_errors=True)
+            stage.mkdir(parents=True)
+            open_splits[key] = {"stage": stage, "lines": 0, "rows": 0, "bad": [],
+                                "files": {name: open(stage / f"{name}.bin", "wb") for name in layout}}
+        return open_splits[key]
 
-    for offset, line in records:
-        if first_offset is None:
-            first_offset = int(offset)
-        pending.append(line)
-        size += len(line) + 1
-        if size >= cfg.block_bytes:
-            flush()
-    if pending:
-        flush()
-    for f in files.values():
-        f.flush()
-        os.fsync(f.fileno())
-        f.close()
-    if cfg.on_bad_line == "error":
-        bad = bad[:1]
-    yield {"file": file_index, "partition": pid, "first_offset": first_offset, "lines": lines, "rows": rows,
-           "bad": bad, "stage": str(stage)}
+    for batch in batches:
+        value, files, starts = batch.column(0), batch.column(1).to_numpy(), batch.column(2).to_numpy()
+        cuts = np.flatnonzero((np.diff(files) != 0) | (np.diff(starts) != 0)) + 1  # runs of one split
+        for lo, hi in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(batch)]])):
+            split = split_of(int(files[lo]), int(starts[lo]))
+            block = parse_for_stage(_lines_block(value.slice(lo, hi - lo)), hash_range)
+            for b in block.bad:
+                split["bad"].append([split["lines"] + b.line, b.kind, b.detail])
+            for name, (dtype, _) in layout.items():
+                split["files"][name].write(getattr(block, name).astype(dtype, copy=False).tobytes())
+            split["lines"] += block.lines
+            split["rows"] += block.label.size
+    summary = {name: [] for name in ("file", "block_start", "lines", "rows", "bad", "stage")}
+    for (k, start), split in open_splits.items():
+        for f in split["files"].values():
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+        bad = split["bad"][:1] if cfg.on_bad_line == "error" else split["bad"]
+        for name, v in (("file", k), ("block_start", start), ("lines", split["lines"]), ("rows", split["rows"]),
+                        ("bad", json.dumps(bad)), ("stage", str(split["stage"]))):
+            summary[name].append(v)
+    yield pa.RecordBatch.from_pydict(summary, schema=SUMMARY_SCHEMA_ARROW())
+
+
+def SUMMARY_SCHEMA_ARROW():
+    import pyarrow as pa
+
+    return pa.schema([("file", pa.int32()), ("block_start", pa.int64()), ("lines", pa.int64()),
+                      ("rows", pa.int64()), ("bad", pa.string()), ("stage", pa.string())])
+
+
+SUMMARY_SCHEMA = "file int, block_start long, lines long, rows long, bad string, stage string"
+
+
+def _lines_block(column) -> np.ndarray:
+    """An Arrow string column of lines -> their bytes with a newline after each, as uint8 (no
+    Python object per line)."""
+    import pyarrow as pa
+
+    wide = pa.types.is_large_string(column.type)
+    buffers = column.buffers()
+    offsets = np.frombuffer(buffers[1], dtype=np.int64 if wide else np.int32)[column.offset:column.offset + len(column) + 1]
+    data = np.frombuffer(buffers[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
+    return np.insert(data, (offsets[1:] - offsets[0]).astype(np.int64), np.uint8(10))
 
 
 def _input_identity(spark, uri: str) -> dict:
@@ -161,20 +187,26 @@ def preprocess_spark(cfg: PreprocessConfig, out: str | os.PathLike, options: Spa
     if progress:
         print(f"preprocess [1/2 parse on Spark {sc.version}, master {sc.master}]: "
               f"{len(cfg.inputs)} inputs, {total_bytes / 1e6:,.0f} MB", file=sys.stderr, flush=True)
-    rdds = []
-    for k, (uri, ident) in enumerate(zip(cfg.inputs, identities)):
-        conf = {"textinputformat.record.delimiter": "\n"}
-        if options.partitions:
-            conf["mapreduce.input.fileinputformat.split.maxsize"] = str(max(1, -(-ident["bytes"] // options.partitions)))
-            conf["mapreduce.input.fileinputformat.split.minsize"] = "1"
-        rdd = sc.newAPIHadoopFile(uri, TEXT_INPUT, "org.apache.hadoop.io.LongWritable", "org.apache.hadoop.io.Text",
-                                  conf=conf)
-        rdds.append(rdd.mapPartitionsWithIndex(
-            lambda pid, it, k=k: _stage_partition(k, str(out), cfg, pid, it)))
+    from pyspark.sql import functions as F
+
+    if options.partitions:  # split plain files into about that many byte ranges each
+        largest = max(i["bytes"] for i in identities)
+        spark.conf.set("spark.sql.files.maxPartitionBytes", str(max(1 << 16, -(-largest // options.partitions))))
+    else:
+        spark.conf.unset("spark.sql.files.maxPartitionBytes")
+    frames = [spark.read.option("lineSep", "\n").text(uri)
+              .select("value", F.lit(k).cast("int").alias("file"), F.col("_metadata.file_block_start").alias("start"))
+              for k, uri in enumerate(cfg.inputs)]
+    df = frames[0]
+    for frame in frames[1:]:
+        df = df.unionAll(frame)
     try:
-        parts = sc.union(rdds).collect()
+        parts = [row.asDict() for row in
+                 df.mapInArrow(lambda batches: _stage_batches(str(out), cfg, batches), SUMMARY_SCHEMA).collect()]
     except Exception as e:
         raise _read_error(e, cfg) from None
+    for p in parts:
+        p["bad"] = json.loads(p["bad"])
     infos, stages, stage_rows = _apply_bad_line_policy(cfg, parts)
     parse_seconds = time.perf_counter() - t0
     if progress:
@@ -193,7 +225,7 @@ def _apply_bad_line_policy(cfg: PreprocessConfig, parts: list[dict]):
     infos, stages, stage_rows = [], [], []
     for k, uri in enumerate(cfg.inputs):
         mine = sorted((p for p in parts if p["file"] == k and p["lines"]),
-                      key=lambda p: p["first_offset"])
+                      key=lambda p: p["block_start"])
         bad = {kind: 0 for kind in BAD_KINDS + ("truncated_gzip", "empty_file")}
         line = 0
         for p in mine:
