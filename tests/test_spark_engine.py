@@ -196,3 +196,23 @@ def test_missing_pyspark_is_explained(monkeypatch):
     monkeypatch.setitem(sys.modules, "pyspark.sql", None)
     with pytest.raises(EngineError, match=r"needs PySpark: `pip install 'dlrmkit\[spark\]'`"):
         spark_session(OPTIONS)
+
+
+def test_parquet_holds_the_dataset(tmp_path, kaggle_file):
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from dlrmkit.data.dataset import Dataset
+
+    local, spark = _both(tmp_path, [kaggle_file], 3, dataset="kaggle", vocab="frequency", parquet=True)
+    ds = Dataset(spark)
+    for split, rows in ds.splits.items():
+        table = pq.read_table(spark / "parquet" / f"{split}.parquet")
+        assert table.num_rows == rows and table.column_names[:2] == ["label", "I1"] and table.column_names[-1] == "C26"
+        arrays = ds.split(split)
+        np.testing.assert_array_equal(table.column("label").to_numpy(), np.asarray(arrays.label).astype(np.int8))
+        np.testing.assert_array_equal(np.stack([table.column(f"I{i}").to_numpy() for i in range(1, 14)], 1),
+                                      np.asarray(arrays.dense))
+        np.testing.assert_array_equal(np.stack([table.column(f"C{j}").to_numpy() for j in range(1, 27)], 1),
+                                      np.asarray(arrays.sparse))
+        assert pq.read_table(local / "parquet" / f"{split}.parquet").equals(table)

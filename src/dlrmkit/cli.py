@@ -92,6 +92,8 @@ def _add_preprocess(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=_positive_int, default=2)
     p.add_argument("--keep-stage", action="store_true", help="keep OUT/.stage (parsed raw arrays)")
+    p.add_argument("--parquet", action="store_true",
+                   help="also write each split as Parquet, OUT/parquet/<split>.parquet (needs pyarrow)")
     p.add_argument("--quiet", action="store_true")
     g = p.add_argument_group("engine")
     g.add_argument("--engine", choices=("local", "spark"), default="local",
@@ -192,7 +194,7 @@ def _run_preprocess(args) -> int:
     cfg = PreprocessConfig(dataset=args.dataset, inputs=tuple(args.input), vocab=args.vocab,
                            max_index_range=args.max_ind_range, frequency_threshold=args.frequency_threshold,
                            on_bad_line=args.on_bad_line, sub_sample_rate=args.sub_sample_rate, seed=args.seed,
-                           workers=args.workers, keep_stage=args.keep_stage)
+                           workers=args.workers, keep_stage=args.keep_stage, parquet=args.parquet)
     if args.engine == "spark":
         from dlrmkit.data.spark_engine import SparkOptions, preprocess_spark
 

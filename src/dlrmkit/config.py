@@ -219,6 +219,7 @@ class PreprocessConfig:
     workers: int = 2
     block_bytes: int = 8 << 20
     keep_stage: bool = False
+    parquet: bool = False  # also write the splits as Parquet (OUT/parquet/<split>.parquet)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", tuple(str(i) for i in self.inputs))

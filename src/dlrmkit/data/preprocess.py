@@ -386,6 +386,10 @@ def build_dataset(cfg: PreprocessConfig, out: Path, staged: "StagedRows", infos:
     })
     if not cfg.keep_stage:
         shutil.rmtree(out / ".stage", ignore_errors=True)
+    if cfg.parquet:
+        from dlrmkit.data.parquet_export import write_parquet
+
+        write_parquet(out, progress)
     return meta
 
 
