@@ -216,3 +216,24 @@ def test_parquet_holds_the_dataset(tmp_path, kaggle_file):
         np.testing.assert_array_equal(np.stack([table.column(f"C{j}").to_numpy() for j in range(1, 27)], 1),
                                       np.asarray(arrays.sparse))
         assert pq.read_table(local / "parquet" / f"{split}.parquet").equals(table)
+
+
+def test_hadoop_uri_input(tmp_path, kaggle_file):
+    """An input named by a Hadoop file system URI (file:// here; hdfs:// and s3a:// alike)."""
+    cfg = PreprocessConfig(dataset="kaggle", inputs=(str(kaggle_file),), vocab="reference", workers=1)
+    preprocess(cfg, tmp_path / "local", progress=False)
+    uri = PreprocessConfig(dataset="kaggle", inputs=(kaggle_file.as_uri(),), vocab="reference")
+    meta = preprocess_spark(uri, tmp_path / "spark", OPTIONS, progress=False)
+    assert meta["source"]["inputs"][0]["path"].startswith("file:")
+    _assert_same(tmp_path / "local", tmp_path / "spark")
+
+
+def test_bad_master_is_explained(tmp_path, kaggle_file):
+    from pyspark.sql import SparkSession
+
+    running = SparkSession.getActiveSession()
+    if running is not None:  # getOrCreate would hand back the running session
+        running.stop()
+    cfg = PreprocessConfig(dataset="kaggle", inputs=(str(kaggle_file),), vocab="reference")
+    with pytest.raises(EngineError, match=r"Spark did not start \(master nonsense://x\)"):
+        preprocess_spark(cfg, tmp_path / "out", SparkOptions(master="nonsense://x"), progress=False)
