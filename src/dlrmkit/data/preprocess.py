@@ -306,21 +306,28 @@ def preprocess(cfg: PreprocessConfig, out: str | os.PathLike, progress: bool = T
                          [_input_identity(p) for p in inputs], total_bytes, t0, time.perf_counter() - t0, progress)
 
 
-def build_dataset(cfg: PreprocessConfig, out: Path, staged: "StagedRows", infos: list[StageInfo],
-                  identities: list[dict], total_bytes: int, t0: float, parse_seconds: float,
-                  progress: bool = True, engine: dict | None = None) -> dict:
-    """Pass 2 over the staged rows of every input (``infos``: one per input file, in order)."""
-    rows = [i.rows for i in infos]
+def cut_days(cfg: PreprocessConfig, rows: list[int]) -> tuple[list[int], dict[str, tuple[int, int]]]:
+    """(rows per day, global row range per split) for inputs of ``rows`` rows each."""
     days = day_sizes(sum(rows), KAGGLE_DAYS) if cfg.dataset == "kaggle" else rows
     if sum(rows) < len(days) or days[-1] < 1:
         raise DatasetError(f"{cfg.inputs[-1]}: too few rows ({sum(rows)}) to cut into {len(days)} days")
-    ranges = split_ranges(days)
+    return days, split_ranges(days)
+
+
+def build_dataset(cfg: PreprocessConfig, out: Path, staged: "StagedRows", infos: list[StageInfo],
+                  identities: list[dict], total_bytes: int, t0: float, parse_seconds: float,
+                  progress: bool = True, engine: dict | None = None, vocabs: list | None = None) -> dict:
+    """Pass 2 over the staged rows of every input (``infos``: one per input file, in order).
+    ``vocabs``: the vocabularies when already built elsewhere (the Spark engine's aggregations)."""
+    rows = [i.rows for i in infos]
+    days, ranges = cut_days(cfg, rows)
     train_lo, train_hi = ranges["train"]
 
     bar = Progress(sum(rows), "rows", "preprocess [2/2 build]", enabled=progress)
     threads = ThreadPoolExecutor(cfg.workers)
-    vocabs = None
-    if cfg.vocab == "reference":  # indexed while the dictionary grows, in global row order
+    if vocabs is not None:
+        pass
+    elif cfg.vocab == "reference":  # indexed while the dictionary grows, in global row order
         vocabs = [FirstAppearance() for _ in range(NUM_SPARSE)]
     elif cfg.vocab == "frequency":  # counted over the (kept) training rows first
         counters = [FrequencyCounter() for _ in range(NUM_SPARSE)]

@@ -10,6 +10,10 @@ carried explicitly: every line comes with its input file's number and its split'
 (``_metadata.file_block_start``), and splits are placed by (file, first byte), never by
 partition number.
 
+Vocabularies (frequency, reference): a second Spark job reduces each staged split to its
+columns' distinct values with their training counts or first global rows, aggregated per
+(column, value) across the cluster; the driver ranks them into the local engine's dictionaries.
+
 Staging: each split's lines are parsed by the same parser (`criteo_text.parse_block`) and
 written in the local engine's stage layout to ``OUT/.stage/spark/f<file>-b<first byte>/`` by the
 executor, so ``OUT`` must be a directory every executor and the driver see (always so with
@@ -32,10 +36,12 @@ from pathlib import Path
 
 import numpy as np
 
-from dlrmkit.config import PreprocessConfig
+from dlrmkit.config import NUM_SPARSE, PreprocessConfig
 from dlrmkit.data.criteo_text import BAD_KINDS
 from dlrmkit.data.dataset import mark_incomplete
-from dlrmkit.data.preprocess import StageInfo, StagedRows, build_dataset, parse_for_stage, stage_layout
+from dlrmkit.data.preprocess import (StageInfo, StagedRows, _capped, build_dataset, cut_days, keep_mask,
+                                     parse_for_stage, stage_layout)
+from dlrmkit.data.vocab import FirstAppearance, FrequencyVocab
 from dlrmkit.errors import DatasetError, EngineError
 from dlrmkit.progress import Progress
 
@@ -215,8 +221,75 @@ def preprocess_spark(cfg: PreprocessConfig, out: str | os.PathLike, options: Spa
               f"{rows / parse_seconds / 1e3:,.0f}k rows/s", file=sys.stderr, flush=True)
     engine = {"name": "spark", "spark_version": sc.version, "master": sc.master, "partitions": len(parts),
               "default_parallelism": sc.defaultParallelism}
+    vocabs = None
+    if cfg.vocab in ("frequency", "reference"):
+        t_vocab = time.perf_counter()
+        _, ranges = cut_days(cfg, [i.rows for i in infos])
+        vocabs = build_vocabs(spark, cfg, stages, stage_rows, ranges["train"])
+        engine["vocab_seconds"] = time.perf_counter() - t_vocab
+        if progress:
+            print(f"preprocess [vocabularies on Spark]: {sum(v.size() for v in vocabs):,} table rows in "
+                  f"{engine['vocab_seconds']:.1f} s", file=sys.stderr, flush=True)
     staged = StagedRows(stages, stage_rows, stage_layout(cfg)[1])
-    return build_dataset(cfg, out, staged, infos, identities, total_bytes, t0, parse_seconds, progress, engine)
+    return build_dataset(cfg, out, staged, infos, identities, total_bytes, t0, parse_seconds, progress, engine,
+                         vocabs)
+
+
+def build_vocabs(spark, cfg: PreprocessConfig, stages: list[Path], stage_rows: list[int],
+                 train: tuple[int, int]) -> list:
+    """The 26 vocabularies as Spark aggregations over the staged rows: each task reduces its
+    split to (column, value, count over kept training rows) for frequency, or (column, value,
+    first global row over all kept rows) for reference; Spark sums or takes the minimum per
+    (column, value); the driver ranks the values."""
+    from pyspark.sql import functions as F
+
+    starts = np.concatenate([[0], np.cumsum(stage_rows)]).astype(np.int64)
+    tasks = [(str(st), int(a), int(n)) for st, a, n in zip(stages, starts[:-1], stage_rows) if n]
+    df = spark.createDataFrame(tasks, "stage string, start long, rows long").repartition(max(1, len(tasks)))
+    frequency = cfg.vocab == "frequency"
+    per_split = df.mapInArrow(lambda batches: _vocab_batches(cfg, train, frequency, batches),
+                              "col int, value long, stat long")
+    reduced = per_split.groupBy("col", "value").agg((F.sum if frequency else F.min)("stat").alias("stat"))
+    table = reduced.toArrow()
+    cols, values, stats = (table.column(n).to_numpy() for n in ("col", "value", "stat"))
+    order = np.argsort(cols, kind="stable")
+    cols, values, stats = cols[order], values[order], stats[order]
+    bounds = np.searchsorted(cols, np.arange(NUM_SPARSE + 1))
+    vocabs = []
+    for j in range(NUM_SPARSE):
+        keys, stat = values[bounds[j]:bounds[j + 1]], stats[bounds[j]:bounds[j + 1]]
+        vocabs.append(FrequencyVocab.from_counts(keys, stat, cfg.frequency_threshold) if frequency
+                      else FirstAppearance.from_first_rows(keys, stat))
+    return vocabs
+
+
+def _vocab_batches(cfg: PreprocessConfig, train: tuple[int, int], frequency: bool, batches):
+    """Executor side: per staged split, each column's distinct values with their count (frequency:
+    kept training rows) or first global row (reference: all kept rows)."""
+    import pyarrow as pa
+
+    for batch in batches:
+        for stage, start, n in zip(*(batch.column(i).to_pylist() for i in range(3))):
+            label = np.memmap(Path(stage) / "label.bin", dtype=np.uint8, mode="r", shape=(n,))
+            sparse = np.memmap(Path(stage) / "sparse.bin", dtype=np.uint32, mode="r", shape=(n, NUM_SPARSE))
+            rows = np.arange(start, start + n, dtype=np.int64)
+            in_train = (rows >= train[0]) & (rows < train[1])
+            keep = ~in_train | keep_mask(np.asarray(label), rows, cfg.sub_sample_rate, cfg.seed)
+            take = keep & in_train if frequency else keep
+            values = _capped(np.asarray(sparse)[take], cfg.max_index_range)
+            taken_rows = rows[take]
+            out = {"col": [], "value": [], "stat": []}
+            for j in range(NUM_SPARSE):
+                if frequency:
+                    uniq, stat = np.unique(values[:, j], return_counts=True)
+                else:
+                    uniq, first = np.unique(values[:, j], return_index=True)
+                    stat = taken_rows[first]
+                out["col"].append(np.full(uniq.size, j, np.int32))
+                out["value"].append(uniq.astype(np.int64))
+                out["stat"].append(stat.astype(np.int64))
+            yield pa.RecordBatch.from_arrays([pa.array(np.concatenate(out[k])) for k in ("col", "value", "stat")],
+                                             names=["col", "value", "stat"])
 
 
 def _apply_bad_line_policy(cfg: PreprocessConfig, parts: list[dict]):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dlrmkit.data.native import NativeMap
+from dlrmkit.data.native import NativeMap, library
 
 VOCABS = ("hash", "frequency", "reference")
 
@@ -94,6 +94,13 @@ class FirstAppearance:
     def size(self) -> int:
         return len(self.native) if self.native is not None else len(self.dict)
 
+    @classmethod
+    def from_first_rows(cls, keys: np.ndarray, first_rows: np.ndarray) -> "FirstAppearance":
+        """The dictionary a pass over all rows would grow, from each distinct value's first row."""
+        vocab = cls()
+        vocab.update(keys[np.argsort(first_rows, kind="stable")].astype(np.uint32))
+        return vocab
+
     def apply(self, column: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         if self.native is not None:
             return self.native.lookup(column, -1, out)
@@ -125,20 +132,7 @@ class FrequencyCounter:
 
     def finish(self, threshold: int) -> "FrequencyVocab":
         keys, counts = self.native.items() if self.native is not None else (self.counts.keys, self.counts.values)
-        keep = counts >= max(threshold, 1)
-        keys, counts = keys[keep].astype(np.uint64), counts[keep]
-        order = np.lexsort((keys, -counts))  # descending count, then ascending value
-        ranked = keys[order]
-        if self.native is not None:
-            vocab = NativeMap(self.native.lib, ranked.size)
-            vocab.insert(ranked, np.arange(ranked.size))
-        else:
-            vocab = SortedDict()
-            vocab.keys = np.sort(keys)
-            index = np.empty(keys.size, dtype=np.int64)
-            index[order] = np.arange(keys.size)
-            vocab.values = index[np.argsort(keys, kind="stable")]
-        return FrequencyVocab(vocab, ranked, counts[order])
+        return FrequencyVocab.from_counts(keys, counts, threshold)
 
 
 class FrequencyVocab:
@@ -146,6 +140,25 @@ class FrequencyVocab:
         self.vocab = vocab
         self.values_by_index = values_by_index
         self.counts_by_index = counts_by_index
+
+    @classmethod
+    def from_counts(cls, keys: np.ndarray, counts: np.ndarray, threshold: int) -> "FrequencyVocab":
+        """NVIDIA's dictionary from each distinct value's training count (``keys`` unique, any order)."""
+        keep = counts >= max(threshold, 1)
+        keys, counts = keys[keep].astype(np.uint64), counts[keep].astype(np.int64)
+        order = np.lexsort((keys, -counts))  # descending count, then ascending value
+        ranked = keys[order]
+        lib = library()
+        if lib is not None:
+            vocab = NativeMap(lib, max(ranked.size, 1024))
+            vocab.insert(ranked, np.arange(ranked.size))
+        else:
+            vocab = SortedDict()
+            vocab.keys = np.sort(keys)
+            index = np.empty(keys.size, dtype=np.int64)
+            index[order] = np.arange(keys.size)
+            vocab.values = index[np.argsort(keys, kind="stable")]
+        return cls(vocab, ranked, counts[order])
 
     def size(self) -> int:
         return len(self.vocab) + 1  # the last row is shared by rare and unseen values
