@@ -141,10 +141,10 @@ def _stage_batches(out: str, cfg: PreprocessConfig, batches):
         for name, v in (("file", k), ("block_start", start), ("lines", split["lines"]), ("rows", split["rows"]),
                         ("bad", json.dumps(bad)), ("stage", str(split["stage"]))):
             summary[name].append(v)
-    yield pa.RecordBatch.from_pydict(summary, schema=SUMMARY_SCHEMA_ARROW())
+    yield pa.RecordBatch.from_pydict(summary, schema=_summary_schema())
 
 
-def SUMMARY_SCHEMA_ARROW():
+def _summary_schema():
     import pyarrow as pa
 
     return pa.schema([("file", pa.int32()), ("block_start", pa.int64()), ("lines", pa.int64()),
