@@ -43,7 +43,6 @@ from dlrmkit.data.preprocess import (StageInfo, StagedRows, _capped, build_datas
                                      parse_for_stage, stage_layout)
 from dlrmkit.data.vocab import FirstAppearance, FrequencyVocab
 from dlrmkit.errors import DatasetError, EngineError
-from dlrmkit.progress import Progress
 
 MIN_JAVA = 17
 

@@ -145,7 +145,7 @@ def train(data_dir: str | os.PathLike, run_dir: str | os.PathLike, model_cfg: Mo
     model.train()
     last_eval: dict | None = None
     stopped_early = False
-    window_loss, window_n, window_t, window_samples = 0.0, 0, 0.0, 0
+    window_loss, window_n, window_t = 0.0, 0, 0.0
     while state.step < total_steps and not stopped_early:
         epoch, start_batch = divmod(state.step, steps_per_epoch)
         for batch in batches(train_split, bs, shuffle=train_cfg.shuffle, seed=train_cfg.seed, epoch=epoch,
