@@ -100,8 +100,10 @@ def test_terabyte_layout_gzip_and_plain_same_as_local(tmp_path):
 
 
 @pytest.mark.skipif(not REAL.is_file(), reason=f"real Criteo rows not present at {REAL}")
-def test_real_rows_same_as_local(tmp_path):
-    local, spark = _both(tmp_path, [REAL], None, dataset="kaggle", vocab="reference")
+@pytest.mark.parametrize("vocab", ["hash", "frequency", "reference"])
+def test_real_rows_same_as_local(tmp_path, vocab):
+    kw = {"max_index_range": 100_000} if vocab == "hash" else {}
+    local, spark = _both(tmp_path, [REAL], None, dataset="kaggle", vocab=vocab, **kw)
     _assert_same(local, spark)
 
 

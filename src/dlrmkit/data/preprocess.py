@@ -333,7 +333,7 @@ def build_dataset(cfg: PreprocessConfig, out: Path, staged: "StagedRows", infos:
         counters = [FrequencyCounter() for _ in range(NUM_SPARSE)]
         for lo, chunk in staged.chunks(train_lo, train_hi):
             keep = keep_mask(chunk["label"], np.arange(lo, lo + chunk["label"].size), cfg.sub_sample_rate, cfg.seed)
-            values = _capped(chunk["sparse"][keep], cfg.max_index_range)
+            values = capped_values(chunk["sparse"][keep], cfg.max_index_range)
             list(threads.map(lambda j: counters[j].update(values[:, j]), range(NUM_SPARSE)))
         vocabs = [c.finish(cfg.frequency_threshold) for c in counters]
 
@@ -400,7 +400,7 @@ def build_dataset(cfg: PreprocessConfig, out: Path, staged: "StagedRows", infos:
     return meta
 
 
-def _capped(values: np.ndarray, max_index_range: int | None) -> np.ndarray:
+def capped_values(values: np.ndarray, max_index_range: int | None) -> np.ndarray:
     """Categorical values (uint32), mod N when a max index range is given."""
     values = values.astype(np.uint32, copy=False)
     return values if max_index_range is None else mod_u32(values, max_index_range)
@@ -409,7 +409,7 @@ def _capped(values: np.ndarray, max_index_range: int | None) -> np.ndarray:
 def _indices(sparse: np.ndarray, max_index_range: int | None, vocabs, threads: ThreadPoolExecutor) -> np.ndarray:
     """(n, 26) int32 row indices of a chunk from the reference or frequency vocabularies; the
     columns are independent, so they run on threads (the C map and numpy release the GIL)."""
-    values = _capped(sparse, max_index_range)
+    values = capped_values(sparse, max_index_range)
     out = np.empty(values.shape, dtype=np.int32)
 
     def column(j: int) -> None:  # written straight into the output column

@@ -39,7 +39,7 @@ import numpy as np
 from dlrmkit.config import NUM_SPARSE, PreprocessConfig
 from dlrmkit.data.criteo_text import BAD_KINDS
 from dlrmkit.data.dataset import mark_incomplete
-from dlrmkit.data.preprocess import (StageInfo, StagedRows, _capped, build_dataset, cut_days, keep_mask,
+from dlrmkit.data.preprocess import (StageInfo, StagedRows, capped_values, build_dataset, cut_days, keep_mask,
                                      parse_for_stage, stage_layout)
 from dlrmkit.data.vocab import FirstAppearance, FrequencyVocab
 from dlrmkit.errors import DatasetError, EngineError
@@ -275,7 +275,7 @@ def _vocab_batches(cfg: PreprocessConfig, train: tuple[int, int], frequency: boo
             in_train = (rows >= train[0]) & (rows < train[1])
             keep = ~in_train | keep_mask(np.asarray(label), rows, cfg.sub_sample_rate, cfg.seed)
             take = keep & in_train if frequency else keep
-            values = _capped(np.asarray(sparse)[take], cfg.max_index_range)
+            values = capped_values(np.asarray(sparse)[take], cfg.max_index_range)
             taken_rows = rows[take]
             out = {"col": [], "value": [], "stat": []}
             for j in range(NUM_SPARSE):
