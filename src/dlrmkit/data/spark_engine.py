@@ -224,7 +224,7 @@ def preprocess_spark(cfg: PreprocessConfig, out: str | os.PathLike, options: Spa
     if cfg.vocab in ("frequency", "reference"):
         t_vocab = time.perf_counter()
         _, ranges = cut_days(cfg, [i.rows for i in infos])
-        vocabs = build_vocabs(spark, cfg, stages, stage_rows, ranges["train"])
+        vocabs, engine["vocab_shuffle_records"] = build_vocabs(spark, cfg, stages, stage_rows, ranges["train"])
         engine["vocab_seconds"] = time.perf_counter() - t_vocab
         if progress:
             print(f"preprocess [vocabularies on Spark]: {sum(v.size() for v in vocabs):,} table rows in "
@@ -235,18 +235,20 @@ def preprocess_spark(cfg: PreprocessConfig, out: str | os.PathLike, options: Spa
 
 
 def build_vocabs(spark, cfg: PreprocessConfig, stages: list[Path], stage_rows: list[int],
-                 train: tuple[int, int]) -> list:
+                 train: tuple[int, int]) -> tuple[list, int]:
     """The 26 vocabularies as Spark aggregations over the staged rows: each task reduces its
     split to (column, value, count over kept training rows) for frequency, or (column, value,
     first global row over all kept rows) for reference; Spark sums or takes the minimum per
-    (column, value); the driver ranks the values."""
+    (column, value); the driver ranks the values. Also returns how many records the tasks fed
+    the aggregation (what the shuffle carries, before Spark's map-side combining)."""
     from pyspark.sql import functions as F
 
     starts = np.concatenate([[0], np.cumsum(stage_rows)]).astype(np.int64)
     tasks = [(str(st), int(a), int(n)) for st, a, n in zip(stages, starts[:-1], stage_rows) if n]
     df = spark.createDataFrame(tasks, "stage string, start long, rows long").repartition(max(1, len(tasks)))
     frequency = cfg.vocab == "frequency"
-    per_split = df.mapInArrow(lambda batches: _vocab_batches(cfg, train, frequency, batches),
+    records = spark.sparkContext.accumulator(0)
+    per_split = df.mapInArrow(lambda batches: _vocab_batches(cfg, train, frequency, batches, records),
                               "col int, value long, stat long")
     reduced = per_split.groupBy("col", "value").agg((F.sum if frequency else F.min)("stat").alias("stat"))
     table = reduced.toArrow()
@@ -259,10 +261,10 @@ def build_vocabs(spark, cfg: PreprocessConfig, stages: list[Path], stage_rows: l
         keys, stat = values[bounds[j]:bounds[j + 1]], stats[bounds[j]:bounds[j + 1]]
         vocabs.append(FrequencyVocab.from_counts(keys, stat, cfg.frequency_threshold) if frequency
                       else FirstAppearance.from_first_rows(keys, stat))
-    return vocabs
+    return vocabs, int(records.value)
 
 
-def _vocab_batches(cfg: PreprocessConfig, train: tuple[int, int], frequency: bool, batches):
+def _vocab_batches(cfg: PreprocessConfig, train: tuple[int, int], frequency: bool, batches, records):
     """Executor side: per staged split, each column's distinct values with their count (frequency:
     kept training rows) or first global row (reference: all kept rows)."""
     import pyarrow as pa
@@ -287,6 +289,7 @@ def _vocab_batches(cfg: PreprocessConfig, train: tuple[int, int], frequency: boo
                 out["col"].append(np.full(uniq.size, j, np.int32))
                 out["value"].append(uniq.astype(np.int64))
                 out["stat"].append(stat.astype(np.int64))
+            records.add(sum(c.size for c in out["col"]))
             yield pa.RecordBatch.from_arrays([pa.array(np.concatenate(out[k])) for k in ("col", "value", "stat")],
                                              names=["col", "value", "stat"])
 
