@@ -316,9 +316,12 @@ def cut_days(cfg: PreprocessConfig, rows: list[int]) -> tuple[list[int], dict[st
 
 def build_dataset(cfg: PreprocessConfig, out: Path, staged: "StagedRows", infos: list[StageInfo],
                   identities: list[dict], total_bytes: int, t0: float, parse_seconds: float,
-                  progress: bool = True, engine: dict | None = None, vocabs: list | None = None) -> dict:
+                  progress: bool = True, engine: dict | None = None, vocabs: list | None = None,
+                  write=None) -> dict:
     """Pass 2 over the staged rows of every input (``infos``: one per input file, in order).
-    ``vocabs``: the vocabularies when already built elsewhere (the Spark engine's aggregations)."""
+    ``vocabs``: the vocabularies when already built elsewhere (the Spark engine's aggregations);
+    ``write(ranges, vocabs, writer, bar) -> (counts, dropped)``: indexes and writes the splits
+    elsewhere (the Spark engine's executors) instead of `_index_and_write` here."""
     rows = [i.rows for i in infos]
     days, ranges = cut_days(cfg, rows)
     train_lo, train_hi = ranges["train"]
@@ -338,26 +341,10 @@ def build_dataset(cfg: PreprocessConfig, out: Path, staged: "StagedRows", infos:
         vocabs = [c.finish(cfg.frequency_threshold) for c in counters]
 
     writer = DatasetWriter(out, NUM_DENSE, NUM_SPARSE)
-    known = [cfg.max_index_range] * NUM_SPARSE if vocabs is None else \
-        ([v.size() for v in vocabs] if cfg.vocab == "frequency" else [0] * NUM_SPARSE)
-    counts = [np.zeros(n, dtype=np.int64) for n in known]  # training occurrences per row index
-    dropped = 0
-    for split in ("train", "test", "val"):  # global row order (the last day: test half, then val half)
-        lo, hi = ranges[split]
-        for a, chunk in staged.chunks(lo, hi):
-            label, dense, sparse = chunk["label"], chunk["dense"], chunk["sparse"]
-            if split == "train" and cfg.sub_sample_rate > 0:
-                keep = keep_mask(label, np.arange(a, a + label.size), cfg.sub_sample_rate, cfg.seed)
-                dropped += int((~keep).sum())
-                label, dense, sparse = label[keep], dense[keep], sparse[keep]
-            if cfg.vocab == "hash":  # indexed and log-transformed in pass 1
-                index = sparse
-            else:
-                index, dense = _indices(sparse, cfg.max_index_range, vocabs, threads), log1p_dense(dense)
-            if split == "train":
-                counts = list(threads.map(lambda j: _add_counts(counts[j], index[:, j]), range(NUM_SPARSE)))
-            writer.append(split, label, dense, index)
-            bar.update(chunk["label"].size)
+    if write is None:
+        counts, dropped = _index_and_write(cfg, staged, ranges, vocabs, writer, threads, bar)
+    else:
+        counts, dropped = write(ranges, vocabs, writer, bar)
     bar.close()
     threads.shutdown()
     table_sizes = [cfg.max_index_range] * NUM_SPARSE if vocabs is None else [v.size() for v in vocabs]
@@ -399,6 +386,33 @@ def build_dataset(cfg: PreprocessConfig, out: Path, staged: "StagedRows", infos:
         write_parquet(out, progress)
     return meta
 
+
+
+def _index_and_write(cfg: PreprocessConfig, staged: "StagedRows", ranges: dict, vocabs, writer: DatasetWriter,
+                     threads: ThreadPoolExecutor, bar: Progress) -> tuple[list[np.ndarray], int]:
+    """Every split, chunk by chunk in global row order: sub-sample, index, log, count, append.
+    Returns the training counts per row index of each column and the rows sub-sampled out."""
+    known = [cfg.max_index_range] * NUM_SPARSE if vocabs is None else \
+        ([v.size() for v in vocabs] if cfg.vocab == "frequency" else [0] * NUM_SPARSE)
+    counts = [np.zeros(n, dtype=np.int64) for n in known]  # training occurrences per row index
+    dropped = 0
+    for split in ("train", "test", "val"):  # global row order (the last day: test half, then val half)
+        lo, hi = ranges[split]
+        for a, chunk in staged.chunks(lo, hi):
+            label, dense, sparse = chunk["label"], chunk["dense"], chunk["sparse"]
+            if split == "train" and cfg.sub_sample_rate > 0:
+                keep = keep_mask(label, np.arange(a, a + label.size), cfg.sub_sample_rate, cfg.seed)
+                dropped += int((~keep).sum())
+                label, dense, sparse = label[keep], dense[keep], sparse[keep]
+            if cfg.vocab == "hash":  # indexed and log-transformed in pass 1
+                index = sparse
+            else:
+                index, dense = _indices(sparse, cfg.max_index_range, vocabs, threads), log1p_dense(dense)
+            if split == "train":
+                counts = list(threads.map(lambda j: _add_counts(counts[j], index[:, j]), range(NUM_SPARSE)))
+            writer.append(split, label, dense, index)
+            bar.update(chunk["label"].size)
+    return counts, dropped
 
 def capped_values(values: np.ndarray, max_index_range: int | None) -> np.ndarray:
     """Categorical values (uint32), mod N when a max index range is given."""

@@ -230,8 +230,159 @@ def preprocess_spark(cfg: PreprocessConfig, out: str | os.PathLike, options: Spa
             print(f"preprocess [vocabularies on Spark]: {sum(v.size() for v in vocabs):,} table rows in "
                   f"{engine['vocab_seconds']:.1f} s", file=sys.stderr, flush=True)
     staged = StagedRows(stages, stage_rows, stage_layout(cfg)[1])
+
+    def write(ranges, vocabs, writer, bar):
+        t_write = time.perf_counter()
+        result = write_on_spark(spark, cfg, stages, stage_rows, ranges, vocabs, writer)
+        engine["write_seconds"] = time.perf_counter() - t_write
+        bar.update(sum(stage_rows))
+        return result
+
     return build_dataset(cfg, out, staged, infos, identities, total_bytes, t0, parse_seconds, progress, engine,
-                         vocabs)
+                         vocabs, write)
+
+
+SPLIT_ORDER = ("train", "test", "val")  # global row order: the last day is cut test half, then val half
+
+
+def write_on_spark(spark, cfg: PreprocessConfig, stages: list[Path], stage_rows: list[int], ranges: dict,
+                   vocabs: list | None, writer) -> tuple[list[np.ndarray], int]:
+    """Index and write every split on the executors: the driver sizes the split files (after
+    sub-sampling, counted by a first job when a rate is set) and gives each staged split its
+    output row offsets; each task writes its rows there (memory-mapped, so every byte lands
+    where the local engine would put it) and reports its training counts per (column, index),
+    summed by Spark. Returns (counts per column, rows sub-sampled out)."""
+    from pyspark.sql import functions as F
+
+    starts = np.concatenate([[0], np.cumsum(stage_rows)]).astype(np.int64)
+    tasks = [(str(st), int(a), int(n)) for st, a, n in zip(stages, starts[:-1], stage_rows) if n]
+    sub_sample = cfg.sub_sample_rate > 0
+    kept_train = {}
+    if sub_sample:  # rows each staged split keeps in train
+        df = spark.createDataFrame(tasks, "stage string, start long, rows long").repartition(max(1, len(tasks)))
+        for row in df.mapInArrow(lambda b: _kept_batches(cfg, ranges["train"], b), "start long, kept long").collect():
+            kept_train[row.start] = row.kept
+    offsets, totals = [], {split: 0 for split in SPLIT_ORDER}
+    for _, start, n in tasks:
+        mine = {}
+        for split in SPLIT_ORDER:
+            lo, hi = ranges[split]
+            a, b = max(lo, start), min(hi, start + n)
+            rows = (kept_train[start] if split == "train" and sub_sample else b - a) if a < b else 0
+            mine[split] = totals[split]
+            totals[split] += rows
+        offsets.append(mine)
+    for split in SPLIT_ORDER:
+        writer.preallocate(split, totals[split])
+    dropped = (ranges["train"][1] - ranges["train"][0]) - totals["train"]
+    lookup = None
+    if vocabs is not None:
+        lookup = spark.sparkContext.broadcast(_vocab_arrays(cfg, vocabs))
+    rows = [(st, a, n, json.dumps(off)) for (st, a, n), off in zip(tasks, offsets)]
+    df = spark.createDataFrame(rows, "stage string, start long, rows long, offsets string")
+    df = df.repartition(max(1, len(rows)))
+    out = str(writer.path)
+    counted = df.mapInArrow(lambda b: _write_batches(cfg, out, ranges, lookup, b),
+                            "col int, idx long, n long")
+    table = counted.groupBy("col", "idx").agg(F.sum("n").alias("n")).toArrow()
+    if lookup is not None:
+        lookup.unpersist()
+    cols, idx, n = (table.column(c).to_numpy() for c in ("col", "idx", "n"))
+    sizes = [cfg.max_index_range] * NUM_SPARSE if vocabs is None else [v.size() for v in vocabs]
+    counts = [np.zeros(size, dtype=np.int64) for size in sizes]
+    for j in range(NUM_SPARSE):
+        mine = cols == j
+        counts[j][idx[mine]] = n[mine]  # one row per (column, index) after the aggregation
+    return counts, int(dropped)
+
+
+def _vocab_arrays(cfg: PreprocessConfig, vocabs: list) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """Per column (sorted values, their row index, the index of values not found)."""
+    out = []
+    for v in vocabs:
+        values = v.values_by_index if cfg.vocab == "frequency" else v.values_in_index_order()
+        order = np.argsort(values, kind="stable")
+        out.append((values[order].astype(np.uint64), order.astype(np.int32), len(values)))
+    return out
+
+
+def _kept_batches(cfg: PreprocessConfig, train: tuple[int, int], batches):
+    import pyarrow as pa
+
+    for batch in batches:
+        starts, kept = [], []
+        for stage, start, n in zip(*(batch.column(i).to_pylist() for i in range(3))):
+            a, b = max(train[0], start), min(train[1], start + n)
+            k = 0
+            if a < b:
+                label = np.memmap(Path(stage) / "label.bin", dtype=np.uint8, mode="r", shape=(n,))
+                k = int(keep_mask(np.asarray(label[a - start:b - start]), np.arange(a, b), cfg.sub_sample_rate,
+                                  cfg.seed).sum())
+            starts.append(start)
+            kept.append(k)
+        yield pa.RecordBatch.from_pydict({"start": starts, "kept": kept})
+
+
+def _write_batches(cfg: PreprocessConfig, out: str, ranges: dict, lookup, batches):
+    """Executor side: index one staged split's rows and write them at their offsets in each split."""
+    import pyarrow as pa
+
+    from dlrmkit.data.transforms import log1p_dense
+
+    layout = stage_layout(cfg)[1]
+    vocab = None if lookup is None else lookup.value
+    for batch in batches:
+        for stage, start, n, offsets in zip(*(batch.column(i).to_pylist() for i in range(4))):
+            offsets = json.loads(offsets)
+            staged = {name: np.memmap(Path(stage) / f"{name}.bin", dtype=dtype, mode="r", shape=(n,) + shape)
+                      for name, (dtype, shape) in layout.items()}
+            records = {"col": [], "idx": [], "n": []}
+            for split in SPLIT_ORDER:
+                lo, hi = ranges[split]
+                a, b = max(lo, start), min(hi, start + n)
+                if a >= b:
+                    continue
+                label = np.asarray(staged["label"][a - start:b - start])
+                dense = np.asarray(staged["dense"][a - start:b - start])
+                sparse = np.asarray(staged["sparse"][a - start:b - start])
+                if split == "train" and cfg.sub_sample_rate > 0:
+                    keep = keep_mask(label, np.arange(a, b), cfg.sub_sample_rate, cfg.seed)
+                    label, dense, sparse = label[keep], dense[keep], sparse[keep]
+                if vocab is None:  # hash: indexed and log-transformed in pass 1
+                    index = sparse
+                else:
+                    values = capped_values(sparse, cfg.max_index_range).astype(np.uint64)
+                    index = np.empty(values.shape, dtype=np.int32)
+                    for j, (keys, rows, missing) in enumerate(vocab):
+                        pos = np.minimum(np.searchsorted(keys, values[:, j]), max(keys.size - 1, 0))
+                        found = keys[pos] == values[:, j] if keys.size else np.zeros(values.shape[0], bool)
+                        index[:, j] = np.where(found, rows[pos] if keys.size else 0, missing)
+                    dense = log1p_dense(dense)
+                _write_rows(Path(out) / split, offsets[split], label, dense, index)
+                if split == "train":
+                    for j in range(NUM_SPARSE):
+                        uniq, count = np.unique(index[:, j], return_counts=True)
+                        records["col"].append(np.full(uniq.size, j, np.int32))
+                        records["idx"].append(uniq.astype(np.int64))
+                        records["n"].append(count.astype(np.int64))
+            if records["col"]:
+                yield pa.RecordBatch.from_arrays([pa.array(np.concatenate(records[k])) for k in ("col", "idx", "n")],
+                                                 names=["col", "idx", "n"])
+
+
+def _write_rows(split_dir: Path, offset: int, label: np.ndarray, dense: np.ndarray, index: np.ndarray) -> None:
+    """Rows [offset, offset + len) of a preallocated split's files."""
+    from dlrmkit.data.dataset import ARRAYS
+
+    for name, block in (("label", label), ("dense", dense), ("sparse", index)):
+        dtype = ARRAYS[name]
+        block = np.ascontiguousarray(block, dtype=dtype)
+        if not block.shape[0]:
+            continue
+        row_bytes = block[:1].nbytes
+        with open(split_dir / f"{name}.bin", "r+b") as f:
+            f.seek(offset * row_bytes)
+            f.write(block.tobytes())
 
 
 def build_vocabs(spark, cfg: PreprocessConfig, stages: list[Path], stage_rows: list[int],
