@@ -45,7 +45,9 @@ def _meta(out: Path) -> dict:
 def _both(tmp_path: Path, inputs, partitions: int | None = None, **kw) -> tuple[Path, Path]:
     cfg = PreprocessConfig(inputs=tuple(str(p) for p in inputs), workers=1, **kw)
     preprocess(cfg, tmp_path / "local", progress=False)
-    preprocess_spark(cfg, tmp_path / "spark", SparkOptions(OPTIONS.master, partitions, OPTIONS.conf), progress=False)
+    # write tasks of 700 rows: staged splits are cut into several, some crossing split boundaries
+    options = SparkOptions(OPTIONS.master, partitions, OPTIONS.conf, write_task_rows=700)
+    preprocess_spark(cfg, tmp_path / "spark", options, progress=False)
     return tmp_path / "local", tmp_path / "spark"
 
 

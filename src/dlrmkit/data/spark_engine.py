@@ -41,7 +41,8 @@ from dlrmkit.data.criteo_text import BAD_KINDS
 from dlrmkit.data.dataset import mark_incomplete
 from dlrmkit.data.preprocess import (StageInfo, StagedRows, capped_values, build_dataset, cut_days, keep_mask,
                                      parse_for_stage, stage_layout)
-from dlrmkit.data.vocab import FirstAppearance, FrequencyVocab
+from dlrmkit.data.native import NativeMap
+from dlrmkit.data.vocab import FirstAppearance, FrequencyVocab, SortedDict
 from dlrmkit.errors import DatasetError, EngineError
 
 MIN_JAVA = 17
@@ -52,6 +53,7 @@ class SparkOptions:
     master: str = "local[*]"
     partitions: int | None = None  # target partitions per plain input file (gzip files are one each)
     conf: tuple[tuple[str, str], ...] = ()
+    write_task_rows: int = 1 << 20  # rows a write task indexes and writes (staged splits are cut to this)
 
 
 def check_java() -> str:
@@ -233,7 +235,7 @@ def preprocess_spark(cfg: PreprocessConfig, out: str | os.PathLike, options: Spa
 
     def write(ranges, vocabs, writer, bar):
         t_write = time.perf_counter()
-        result = write_on_spark(spark, cfg, stages, stage_rows, ranges, vocabs, writer)
+        result = write_on_spark(spark, cfg, stages, stage_rows, ranges, vocabs, writer, options.write_task_rows)
         engine["write_seconds"] = time.perf_counter() - t_write
         bar.update(sum(stage_rows))
         return result
@@ -246,7 +248,7 @@ SPLIT_ORDER = ("train", "test", "val")  # global row order: the last day is cut 
 
 
 def write_on_spark(spark, cfg: PreprocessConfig, stages: list[Path], stage_rows: list[int], ranges: dict,
-                   vocabs: list | None, writer) -> tuple[list[np.ndarray], int]:
+                   vocabs: list | None, writer, task_rows: int = 1 << 20) -> tuple[list[np.ndarray], int]:
     """Index and write every split on the executors: the driver sizes the split files (after
     sub-sampling, counted by a first job when a rate is set) and gives each staged split its
     output row offsets; each task writes its rows there (memory-mapped, so every byte lands
@@ -255,20 +257,22 @@ def write_on_spark(spark, cfg: PreprocessConfig, stages: list[Path], stage_rows:
     from pyspark.sql import functions as F
 
     starts = np.concatenate([[0], np.cumsum(stage_rows)]).astype(np.int64)
-    tasks = [(str(st), int(a), int(n)) for st, a, n in zip(stages, starts[:-1], stage_rows) if n]
+    tasks = [(str(st), int(a), int(n), int(lo), int(min(a + n, lo + task_rows)))  # a task per chunk
+             for st, a, n in zip(stages, starts[:-1], stage_rows) for lo in range(a, a + n, task_rows)]
+    schema = "stage string, start long, rows long, lo long, hi long"
     sub_sample = cfg.sub_sample_rate > 0
     kept_train = {}
-    if sub_sample:  # rows each staged split keeps in train
-        df = spark.createDataFrame(tasks, "stage string, start long, rows long").repartition(max(1, len(tasks)))
-        for row in df.mapInArrow(lambda b: _kept_batches(cfg, ranges["train"], b), "start long, kept long").collect():
-            kept_train[row.start] = row.kept
+    if sub_sample:  # rows each chunk keeps in train
+        df = spark.createDataFrame(tasks, schema).repartition(max(1, len(tasks)))
+        for row in df.mapInArrow(lambda b: _kept_batches(cfg, ranges["train"], b), "lo long, kept long").collect():
+            kept_train[row.lo] = row.kept
     offsets, totals = [], {split: 0 for split in SPLIT_ORDER}
-    for _, start, n in tasks:
+    for _, _, _, c_lo, c_hi in tasks:
         mine = {}
         for split in SPLIT_ORDER:
             lo, hi = ranges[split]
-            a, b = max(lo, start), min(hi, start + n)
-            rows = (kept_train[start] if split == "train" and sub_sample else b - a) if a < b else 0
+            a, b = max(lo, c_lo), min(hi, c_hi)
+            rows = (kept_train[c_lo] if split == "train" and sub_sample else b - a) if a < b else 0
             mine[split] = totals[split]
             totals[split] += rows
         offsets.append(mine)
@@ -278,11 +282,12 @@ def write_on_spark(spark, cfg: PreprocessConfig, stages: list[Path], stage_rows:
     lookup = None
     if vocabs is not None:
         lookup = spark.sparkContext.broadcast(_vocab_arrays(cfg, vocabs))
-    rows = [(st, a, n, json.dumps(off)) for (st, a, n), off in zip(tasks, offsets)]
-    df = spark.createDataFrame(rows, "stage string, start long, rows long, offsets string")
+    rows = [task + (json.dumps(off),) for task, off in zip(tasks, offsets)]
+    df = spark.createDataFrame(rows, schema + ", offsets string")
     df = df.repartition(max(1, len(rows)))
     out = str(writer.path)
-    counted = df.mapInArrow(lambda b: _write_batches(cfg, out, ranges, lookup, b),
+    token = f"{os.getpid()}-{time.time_ns()}"  # names this run's dictionaries in the workers' cache
+    counted = df.mapInArrow(lambda b: _write_batches(cfg, out, ranges, lookup, token, b),
                             "col int, idx long, n long")
     table = counted.groupBy("col", "idx").agg(F.sum("n").alias("n")).toArrow()
     if lookup is not None:
@@ -294,6 +299,40 @@ def write_on_spark(spark, cfg: PreprocessConfig, stages: list[Path], stage_rows:
         mine = cols == j
         counts[j][idx[mine]] = n[mine]  # one row per (column, index) after the aggregation
     return counts, int(dropped)
+
+
+_EXECUTOR_VOCABS: dict = {}  # run token -> lookup tables, built once per Python worker
+
+
+def _executor_vocab(lookup, token: str) -> list:
+    """Per column (a value -> row index map, the index of values not in it), from the broadcast
+    arrays: C hash maps where the compiled helpers load (as the local engine looks up), else
+    sorted keys."""
+    if token not in _EXECUTOR_VOCABS:
+        _EXECUTOR_VOCABS.clear()
+        tables = []
+        for keys, rows, missing in lookup.value:
+            table = NativeMap.create()
+            if table is not None:
+                table.insert(keys, rows.astype(np.int64))
+            else:
+                table = SortedDict()
+                table.keys, table.values = keys, rows.astype(np.int64)
+                table = _SortedLookup(table)
+            tables.append((table, missing))
+        _EXECUTOR_VOCABS[token] = tables
+    return _EXECUTOR_VOCABS[token]
+
+
+class _SortedLookup:
+    """NativeMap's lookup on a SortedDict."""
+
+    def __init__(self, table: SortedDict):
+        self.table = table
+
+    def lookup(self, column: np.ndarray, missing: int, out: np.ndarray) -> np.ndarray:
+        out[:] = self.table.lookup(column.astype(np.uint64), missing)
+        return out
 
 
 def _vocab_arrays(cfg: PreprocessConfig, vocabs: list) -> list[tuple[np.ndarray, np.ndarray, int]]:
@@ -310,36 +349,36 @@ def _kept_batches(cfg: PreprocessConfig, train: tuple[int, int], batches):
     import pyarrow as pa
 
     for batch in batches:
-        starts, kept = [], []
-        for stage, start, n in zip(*(batch.column(i).to_pylist() for i in range(3))):
-            a, b = max(train[0], start), min(train[1], start + n)
+        los, kept = [], []
+        for stage, start, n, c_lo, c_hi in zip(*(batch.column(i).to_pylist() for i in range(5))):
+            a, b = max(train[0], c_lo), min(train[1], c_hi)
             k = 0
             if a < b:
                 label = np.memmap(Path(stage) / "label.bin", dtype=np.uint8, mode="r", shape=(n,))
                 k = int(keep_mask(np.asarray(label[a - start:b - start]), np.arange(a, b), cfg.sub_sample_rate,
                                   cfg.seed).sum())
-            starts.append(start)
+            los.append(c_lo)
             kept.append(k)
-        yield pa.RecordBatch.from_pydict({"start": starts, "kept": kept})
+        yield pa.RecordBatch.from_pydict({"lo": los, "kept": kept})
 
 
-def _write_batches(cfg: PreprocessConfig, out: str, ranges: dict, lookup, batches):
+def _write_batches(cfg: PreprocessConfig, out: str, ranges: dict, lookup, token: str, batches):
     """Executor side: index one staged split's rows and write them at their offsets in each split."""
     import pyarrow as pa
 
     from dlrmkit.data.transforms import log1p_dense
 
     layout = stage_layout(cfg)[1]
-    vocab = None if lookup is None else lookup.value
+    vocab = None if lookup is None else _executor_vocab(lookup, token)
     for batch in batches:
-        for stage, start, n, offsets in zip(*(batch.column(i).to_pylist() for i in range(4))):
+        for stage, start, n, c_lo, c_hi, offsets in zip(*(batch.column(i).to_pylist() for i in range(6))):
             offsets = json.loads(offsets)
             staged = {name: np.memmap(Path(stage) / f"{name}.bin", dtype=dtype, mode="r", shape=(n,) + shape)
                       for name, (dtype, shape) in layout.items()}
             records = {"col": [], "idx": [], "n": []}
             for split in SPLIT_ORDER:
                 lo, hi = ranges[split]
-                a, b = max(lo, start), min(hi, start + n)
+                a, b = max(lo, c_lo), min(hi, c_hi)
                 if a >= b:
                     continue
                 label = np.asarray(staged["label"][a - start:b - start])
@@ -351,12 +390,10 @@ def _write_batches(cfg: PreprocessConfig, out: str, ranges: dict, lookup, batche
                 if vocab is None:  # hash: indexed and log-transformed in pass 1
                     index = sparse
                 else:
-                    values = capped_values(sparse, cfg.max_index_range).astype(np.uint64)
+                    values = capped_values(sparse, cfg.max_index_range)
                     index = np.empty(values.shape, dtype=np.int32)
-                    for j, (keys, rows, missing) in enumerate(vocab):
-                        pos = np.minimum(np.searchsorted(keys, values[:, j]), max(keys.size - 1, 0))
-                        found = keys[pos] == values[:, j] if keys.size else np.zeros(values.shape[0], bool)
-                        index[:, j] = np.where(found, rows[pos] if keys.size else 0, missing)
+                    for j, (table, missing) in enumerate(vocab):
+                        table.lookup(values[:, j], missing, index[:, j])
                     dense = log1p_dense(dense)
                 _write_rows(Path(out) / split, offsets[split], label, dense, index)
                 if split == "train":
