@@ -241,3 +241,15 @@ def test_bad_master_is_explained(tmp_path, kaggle_file):
     cfg = PreprocessConfig(dataset="kaggle", inputs=(str(kaggle_file),), vocab="reference")
     with pytest.raises(EngineError, match=r"Spark did not start \(master nonsense://x\)"):
         preprocess_spark(cfg, tmp_path / "out", SparkOptions(master="nonsense://x"), progress=False)
+
+
+@pytest.mark.parametrize("policy", ["error", "skip"])
+def test_truncated_gzip_is_named(tmp_path, policy):
+    """Spark's gzip reader stops at a truncated stream under either policy (the local engine keeps
+    the complete lines under skip): the error names the file and says so."""
+    data = gzip.compress(_text(3000, seed=8).encode())
+    src = tmp_path / "train.txt.gz"
+    src.write_bytes(data[: len(data) * 2 // 3])
+    cfg = PreprocessConfig(dataset="kaggle", inputs=(str(src),), vocab="reference", on_bad_line=policy)
+    with pytest.raises(DatasetError, match=r"train\.txt\.gz: the gzip stream is truncated or corrupt"):
+        preprocess_spark(cfg, tmp_path / "spark", OPTIONS, progress=False)
