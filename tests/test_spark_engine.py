@@ -23,7 +23,8 @@ pyspark = pytest.importorskip("pyspark", reason="PySpark is not installed (pip i
 if shutil.which("java") is None and not __import__("os").environ.get("JAVA_HOME"):
     pytest.skip("no Java on this machine (Spark needs Java 17+)", allow_module_level=True)
 
-from dlrmkit.data.spark_engine import SparkOptions, check_java, preprocess_spark, spark_session  # noqa: E402
+from dlrmkit.data.spark_engine import SparkOptions, preprocess_spark, spark_session  # noqa: E402
+from dlrmkit.data.spark_session import check_java  # noqa: E402
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "criteo_data" / "criteo_kaggle_train_head10109.txt.gz"
 OPTIONS = SparkOptions(master="local[2]", conf=(("spark.ui.enabled", "false"),

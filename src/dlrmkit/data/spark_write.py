@@ -1,0 +1,193 @@
+"""The Spark engine's last job: index every staged row with the vocabularies and write it where
+the local engine would, on the executors (see `write_on_spark`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dlrmkit.config import NUM_SPARSE, PreprocessConfig
+from dlrmkit.data.native import NativeMap
+from dlrmkit.data.preprocess import capped_values, keep_mask, stage_layout
+from dlrmkit.data.vocab import SortedDict
+
+SPLIT_ORDER = ("train", "test", "val")  # global row order: the last day is cut test half, then val half
+
+
+def write_on_spark(spark, cfg: PreprocessConfig, stages: list[Path], stage_rows: list[int], ranges: dict,
+                   vocabs: list | None, writer, task_rows: int = 1 << 20) -> tuple[list[np.ndarray], int]:
+    """Index and write every split on the executors: the driver sizes the split files (after
+    sub-sampling, counted by a first job when a rate is set) and gives each staged split its
+    output row offsets; each task writes its rows there (memory-mapped, so every byte lands
+    where the local engine would put it) and reports its training counts per (column, index),
+    summed by Spark. Returns (counts per column, rows sub-sampled out)."""
+    from pyspark.sql import functions as F
+
+    starts = np.concatenate([[0], np.cumsum(stage_rows)]).astype(np.int64)
+    tasks = [(str(st), int(a), int(n), int(lo), int(min(a + n, lo + task_rows)))  # a task per chunk
+             for st, a, n in zip(stages, starts[:-1], stage_rows) for lo in range(a, a + n, task_rows)]
+    schema = "stage string, start long, rows long, lo long, hi long"
+    sub_sample = cfg.sub_sample_rate > 0
+    kept_train = {}
+    if sub_sample:  # rows each chunk keeps in train
+        df = spark.createDataFrame(tasks, schema).repartition(max(1, len(tasks)))
+        for row in df.mapInArrow(lambda b: _kept_batches(cfg, ranges["train"], b), "lo long, kept long").collect():
+            kept_train[row.lo] = row.kept
+    offsets, totals = [], {split: 0 for split in SPLIT_ORDER}
+    for _, _, _, c_lo, c_hi in tasks:
+        mine = {}
+        for split in SPLIT_ORDER:
+            lo, hi = ranges[split]
+            a, b = max(lo, c_lo), min(hi, c_hi)
+            rows = (kept_train[c_lo] if split == "train" and sub_sample else b - a) if a < b else 0
+            mine[split] = totals[split]
+            totals[split] += rows
+        offsets.append(mine)
+    for split in SPLIT_ORDER:
+        writer.preallocate(split, totals[split])
+    dropped = (ranges["train"][1] - ranges["train"][0]) - totals["train"]
+    lookup = None
+    if vocabs is not None:
+        lookup = spark.sparkContext.broadcast(_vocab_arrays(cfg, vocabs))
+    rows = [task + (json.dumps(off),) for task, off in zip(tasks, offsets)]
+    df = spark.createDataFrame(rows, schema + ", offsets string")
+    df = df.repartition(max(1, len(rows)))
+    out = str(writer.path)
+    token = f"{os.getpid()}-{time.time_ns()}"  # names this run's dictionaries in the workers' cache
+    counted = df.mapInArrow(lambda b: _write_batches(cfg, out, ranges, lookup, token, b),
+                            "col int, idx long, n long")
+    table = counted.groupBy("col", "idx").agg(F.sum("n").alias("n")).toArrow()
+    if lookup is not None:
+        lookup.unpersist()
+    cols, idx, n = (table.column(c).to_numpy() for c in ("col", "idx", "n"))
+    sizes = [cfg.max_index_range] * NUM_SPARSE if vocabs is None else [v.size() for v in vocabs]
+    counts = [np.zeros(size, dtype=np.int64) for size in sizes]
+    for j in range(NUM_SPARSE):
+        mine = cols == j
+        counts[j][idx[mine]] = n[mine]  # one row per (column, index) after the aggregation
+    return counts, int(dropped)
+
+
+_EXECUTOR_VOCABS: dict = {}  # run token -> lookup tables, built once per Python worker
+
+
+def _executor_vocab(lookup, token: str) -> list:
+    """Per column (a value -> row index map, the index of values not in it), from the broadcast
+    arrays: C hash maps where the compiled helpers load (as the local engine looks up), else
+    sorted keys."""
+    if token not in _EXECUTOR_VOCABS:
+        _EXECUTOR_VOCABS.clear()
+        tables = []
+        for keys, rows, missing in lookup.value:
+            table = NativeMap.create()
+            if table is not None:
+                table.insert(keys, rows.astype(np.int64))
+            else:
+                table = SortedDict()
+                table.keys, table.values = keys, rows.astype(np.int64)
+                table = _SortedLookup(table)
+            tables.append((table, missing))
+        _EXECUTOR_VOCABS[token] = tables
+    return _EXECUTOR_VOCABS[token]
+
+
+class _SortedLookup:
+    """NativeMap's lookup on a SortedDict."""
+
+    def __init__(self, table: SortedDict):
+        self.table = table
+
+    def lookup(self, column: np.ndarray, missing: int, out: np.ndarray) -> np.ndarray:
+        out[:] = self.table.lookup(column.astype(np.uint64), missing)
+        return out
+
+
+def _vocab_arrays(cfg: PreprocessConfig, vocabs: list) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """Per column (sorted values, their row index, the index of values not found)."""
+    out = []
+    for v in vocabs:
+        values = v.values_by_index if cfg.vocab == "frequency" else v.values_in_index_order()
+        order = np.argsort(values, kind="stable")
+        out.append((values[order].astype(np.uint64), order.astype(np.int32), len(values)))
+    return out
+
+
+def _kept_batches(cfg: PreprocessConfig, train: tuple[int, int], batches):
+    import pyarrow as pa
+
+    for batch in batches:
+        los, kept = [], []
+        for stage, start, n, c_lo, c_hi in zip(*(batch.column(i).to_pylist() for i in range(5))):
+            a, b = max(train[0], c_lo), min(train[1], c_hi)
+            k = 0
+            if a < b:
+                label = np.memmap(Path(stage) / "label.bin", dtype=np.uint8, mode="r", shape=(n,))
+                k = int(keep_mask(np.asarray(label[a - start:b - start]), np.arange(a, b), cfg.sub_sample_rate,
+                                  cfg.seed).sum())
+            los.append(c_lo)
+            kept.append(k)
+        yield pa.RecordBatch.from_pydict({"lo": los, "kept": kept})
+
+
+def _write_batches(cfg: PreprocessConfig, out: str, ranges: dict, lookup, token: str, batches):
+    """Executor side: index one staged split's rows and write them at their offsets in each split."""
+    import pyarrow as pa
+
+    from dlrmkit.data.transforms import log1p_dense
+
+    layout = stage_layout(cfg)[1]
+    vocab = None if lookup is None else _executor_vocab(lookup, token)
+    for batch in batches:
+        for stage, start, n, c_lo, c_hi, offsets in zip(*(batch.column(i).to_pylist() for i in range(6))):
+            offsets = json.loads(offsets)
+            staged = {name: np.memmap(Path(stage) / f"{name}.bin", dtype=dtype, mode="r", shape=(n,) + shape)
+                      for name, (dtype, shape) in layout.items()}
+            records = {"col": [], "idx": [], "n": []}
+            for split in SPLIT_ORDER:
+                lo, hi = ranges[split]
+                a, b = max(lo, c_lo), min(hi, c_hi)
+                if a >= b:
+                    continue
+                label = np.asarray(staged["label"][a - start:b - start])
+                dense = np.asarray(staged["dense"][a - start:b - start])
+                sparse = np.asarray(staged["sparse"][a - start:b - start])
+                if split == "train" and cfg.sub_sample_rate > 0:
+                    keep = keep_mask(label, np.arange(a, b), cfg.sub_sample_rate, cfg.seed)
+                    label, dense, sparse = label[keep], dense[keep], sparse[keep]
+                if vocab is None:  # hash: indexed and log-transformed in pass 1
+                    index = sparse
+                else:
+                    values = capped_values(sparse, cfg.max_index_range)
+                    index = np.empty(values.shape, dtype=np.int32)
+                    for j, (table, missing) in enumerate(vocab):
+                        table.lookup(values[:, j], missing, index[:, j])
+                    dense = log1p_dense(dense)
+                _write_rows(Path(out) / split, offsets[split], label, dense, index)
+                if split == "train":
+                    for j in range(NUM_SPARSE):
+                        uniq, count = np.unique(index[:, j], return_counts=True)
+                        records["col"].append(np.full(uniq.size, j, np.int32))
+                        records["idx"].append(uniq.astype(np.int64))
+                        records["n"].append(count.astype(np.int64))
+            if records["col"]:
+                yield pa.RecordBatch.from_arrays([pa.array(np.concatenate(records[k])) for k in ("col", "idx", "n")],
+                                                 names=["col", "idx", "n"])
+
+
+def _write_rows(split_dir: Path, offset: int, label: np.ndarray, dense: np.ndarray, index: np.ndarray) -> None:
+    """Rows [offset, offset + len) of a preallocated split's files."""
+    from dlrmkit.data.dataset import ARRAYS
+
+    for name, block in (("label", label), ("dense", dense), ("sparse", index)):
+        dtype = ARRAYS[name]
+        block = np.ascontiguousarray(block, dtype=dtype)
+        if not block.shape[0]:
+            continue
+        row_bytes = block[:1].nbytes
+        with open(split_dir / f"{name}.bin", "r+b") as f:
+            f.seek(offset * row_bytes)
+            f.write(block.tobytes())
