@@ -10,7 +10,6 @@ separately, and the peak resident memory of the main process and of its worker p
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import shutil
 import subprocess
@@ -18,8 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from dlrmkit.config import SynthConfig
-from dlrmkit.data import synth
+from raw_input import kaggle_text
 
 RUN = """
 import json, resource, sys
@@ -43,13 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default="/tmp/dlrmkit-bench-pre")
     args = p.parse_args(argv)
     work = Path(args.work)
-    shutil.rmtree(work, ignore_errors=True)
-    raw = work / "raw"
-    synth.write_raw(SynthConfig(rows=args.rows, seed=0), raw, progress=False)
-    plain = raw / "train.txt"
-    gz = raw / "train.txt.gz"
-    with open(plain, "rb") as src, gzip.open(gz, "wb", compresslevel=6) as dst:
-        shutil.copyfileobj(src, dst, 1 << 24)
+    plain, gz = kaggle_text(args.rows, work)
     print(f"preprocess, {args.rows:,} synthetic Kaggle rows ({plain.stat().st_size / 1e6:.0f} MB text, "
           f"{gz.stat().st_size / 1e6:.0f} MB gzipped), {args.workers} workers, {time.strftime('%Y-%m-%d')}")
     print("| input | vocab | rows/s (all) | parse rows/s | build rows/s | peak MB main / worker |")

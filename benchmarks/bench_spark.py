@@ -12,7 +12,6 @@ sets of the process and all its descendants.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import shutil
 import subprocess
@@ -20,8 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from dlrmkit.config import SynthConfig
-from dlrmkit.data import synth
+from raw_input import kaggle_text
 
 RUN = """
 import json, sys
@@ -86,12 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default="/tmp/dlrmkit-bench-spark")
     args = p.parse_args(argv)
     work = Path(args.work)
-    shutil.rmtree(work, ignore_errors=True)
-    raw = work / "raw"
-    synth.write_raw(SynthConfig(rows=args.rows, seed=0), raw, progress=False)
-    plain, gz = raw / "train.txt", raw / "train.txt.gz"
-    with open(plain, "rb") as src, gzip.open(gz, "wb", compresslevel=6) as dst:
-        shutil.copyfileobj(src, dst, 1 << 24)
+    plain, gz = kaggle_text(args.rows, work)
     print(f"preprocess --vocab {args.vocab}, {args.rows:,} synthetic Kaggle rows ({plain.stat().st_size / 1e6:.0f} MB "
           f"text, {gz.stat().st_size / 1e6:.0f} MB gzipped), {time.strftime('%Y-%m-%d')}")
     print("| input | engine | rows/s (all) | parse rows/s | vocab on Spark s | write on Spark s | build rows/s | "
