@@ -13,7 +13,7 @@ import numpy as np
 from dlrmkit.config import NUM_SPARSE, PreprocessConfig
 from dlrmkit.data.native import NativeMap
 from dlrmkit.data.preprocess import capped_values, keep_mask, stage_layout
-from dlrmkit.data.vocab import SortedDict
+from dlrmkit.data.vocab import FrequencyVocab, SortedDict
 
 SPLIT_ORDER = ("train", "test", "val")  # global row order: the last day is cut test half, then val half
 
@@ -75,44 +75,32 @@ def write_on_spark(spark, cfg: PreprocessConfig, stages: list[Path], stage_rows:
 _EXECUTOR_VOCABS: dict = {}  # run token -> lookup tables, built once per Python worker
 
 
-def _executor_vocab(lookup, token: str) -> list:
-    """Per column (a value -> row index map, the index of values not in it), from the broadcast
-    arrays: C hash maps where the compiled helpers load (as the local engine looks up), else
-    sorted keys."""
+def _executor_vocab(lookup, token: str) -> list[FrequencyVocab]:
+    """Per column a value -> row index map from the broadcast arrays, with the local engine's
+    lookup (`FrequencyVocab.apply`: C hash maps where the compiled helpers load, else sorted
+    keys; values not in it get the index len(map), frequency's shared last row)."""
     if token not in _EXECUTOR_VOCABS:
         _EXECUTOR_VOCABS.clear()
         tables = []
-        for keys, rows, missing in lookup.value:
+        for keys, rows in lookup.value:
             table = NativeMap.create()
             if table is not None:
                 table.insert(keys, rows.astype(np.int64))
             else:
                 table = SortedDict()
                 table.keys, table.values = keys, rows.astype(np.int64)
-                table = _SortedLookup(table)
-            tables.append((table, missing))
+            tables.append(FrequencyVocab(table, keys, None))
         _EXECUTOR_VOCABS[token] = tables
     return _EXECUTOR_VOCABS[token]
 
 
-class _SortedLookup:
-    """NativeMap's lookup on a SortedDict."""
-
-    def __init__(self, table: SortedDict):
-        self.table = table
-
-    def lookup(self, column: np.ndarray, missing: int, out: np.ndarray) -> np.ndarray:
-        out[:] = self.table.lookup(column.astype(np.uint64), missing)
-        return out
-
-
-def _vocab_arrays(cfg: PreprocessConfig, vocabs: list) -> list[tuple[np.ndarray, np.ndarray, int]]:
-    """Per column (sorted values, their row index, the index of values not found)."""
+def _vocab_arrays(cfg: PreprocessConfig, vocabs: list) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per column (sorted values, their row index)."""
     out = []
     for v in vocabs:
         values = v.values_by_index if cfg.vocab == "frequency" else v.values_in_index_order()
         order = np.argsort(values, kind="stable")
-        out.append((values[order].astype(np.uint64), order.astype(np.int32), len(values)))
+        out.append((values[order].astype(np.uint64), order.astype(np.int32)))
     return out
 
 
@@ -163,8 +151,8 @@ def _write_batches(cfg: PreprocessConfig, out: str, ranges: dict, lookup, token:
                 else:
                     values = capped_values(sparse, cfg.max_index_range)
                     index = np.empty(values.shape, dtype=np.int32)
-                    for j, (table, missing) in enumerate(vocab):
-                        table.lookup(values[:, j], missing, index[:, j])
+                    for j, table in enumerate(vocab):
+                        table.apply(values[:, j], index[:, j])
                     dense = log1p_dense(dense)
                 _write_rows(Path(out) / split, offsets[split], label, dense, index)
                 if split == "train":

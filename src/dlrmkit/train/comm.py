@@ -40,8 +40,6 @@ class CommStats:
         self.bytes.clear()
         self.calls.clear()
 
-    def total_seconds(self) -> float:
-        return sum(self.seconds.values())
 
 
 @dataclass
@@ -104,11 +102,6 @@ class Comm:
         nbytes = tensor.numel() * tensor.element_size() * (self.world_size - 1)
         self._run("all_gather", what, nbytes, lambda: dist.all_gather(parts, tensor.contiguous()))
         return parts
-
-    def broadcast_object(self, obj, what: str):
-        box = [obj]
-        self._run("broadcast", what, 0, lambda: dist.broadcast_object_list(box, src=0))
-        return box[0]
 
     def barrier(self, what: str) -> None:
         self._run("barrier", what, 0, lambda: dist.barrier())
