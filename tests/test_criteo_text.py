@@ -10,7 +10,7 @@ import pytest
 
 from criteo_naive import parse_text, random_line
 from dlrmkit.data.criteo_text import BAD_KINDS, parse_block
-from dlrmkit.data.preprocess import read_blocks
+from dlrmkit.data.raw_files import read_blocks
 
 EMPTY_DENSE = [""] * 13
 EMPTY_SPARSE = [""] * 26

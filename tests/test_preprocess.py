@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import dlrmkit.data.preprocess as pp
+import dlrmkit.data.stage as stage
 from criteo_naive import expected_dataset, kaggle_days, parse_text, random_line
 from dlrmkit.cli import main
 from dlrmkit.config import PreprocessConfig
@@ -398,7 +399,7 @@ def test_stage_is_reused_and_redone_when_incomplete(tmp_path, monkeypatch):
     mtimes = _stage_mtimes(out)
 
     calls = []
-    real_parse = pp.parse_block
+    real_parse = stage.parse_block
 
     def counting_parse(data, **kwargs):
         calls.append(len(data))
@@ -408,7 +409,7 @@ def test_stage_is_reused_and_redone_when_incomplete(tmp_path, monkeypatch):
         raise AssertionError("parse_block called: the stage was not reused")
 
     # rerun unchanged: nothing is parsed again, stage files untouched, same output
-    monkeypatch.setattr(pp, "parse_block", failing_parse)
+    monkeypatch.setattr(stage, "parse_block", failing_parse)
     run(out, inputs, dataset="terabyte", vocab="reference", keep_stage=True)
     assert _stage_mtimes(out) == mtimes
     assert dataset_files(out) == first
@@ -418,7 +419,7 @@ def test_stage_is_reused_and_redone_when_incomplete(tmp_path, monkeypatch):
     (out / ".stage" / "0001" / "label.bin").write_bytes(b"garbage")
     with pytest.raises(AssertionError, match="not reused"):
         run(out, inputs, dataset="terabyte", vocab="reference", keep_stage=True)
-    monkeypatch.setattr(pp, "parse_block", counting_parse)
+    monkeypatch.setattr(stage, "parse_block", counting_parse)
     run(out, inputs, dataset="terabyte", vocab="reference", keep_stage=True)
     assert sum(calls) == inputs[1].stat().st_size
     assert (out / ".stage" / "0001" / "done.json").is_file()

@@ -37,7 +37,8 @@ import numpy as np
 from dlrmkit.config import PreprocessConfig
 from dlrmkit.data.criteo_text import BAD_KINDS
 from dlrmkit.data.dataset import mark_incomplete
-from dlrmkit.data.preprocess import StageInfo, StagedRows, build_dataset, cut_days, parse_for_stage, stage_layout
+from dlrmkit.data.preprocess import build_dataset, cut_days
+from dlrmkit.data.stage import StageInfo, StagedRows, parse_for_stage, stage_layout
 from dlrmkit.data.spark_session import SparkOptions, spark_session
 from dlrmkit.data.spark_vocab import build_vocabs
 from dlrmkit.data.spark_write import write_on_spark

@@ -12,7 +12,8 @@ import numpy as np
 
 from dlrmkit.config import NUM_SPARSE, PreprocessConfig
 from dlrmkit.data.native import NativeMap
-from dlrmkit.data.preprocess import capped_values, keep_mask, stage_layout
+from dlrmkit.data.preprocess import capped_values, keep_mask
+from dlrmkit.data.stage import stage_layout
 from dlrmkit.data.vocab import FrequencyVocab, SortedDict
 
 SPLIT_ORDER = ("train", "test", "val")  # global row order: the last day is cut test half, then val half
