@@ -1,5 +1,5 @@
 """`dlrmkit preprocess`: exact outputs on hand-written files for every vocabulary, the Terabyte
-layout, .gz input, bad lines, determinism, resumable staging, sub-sampling, and agreement with
+layout, determinism, resumable staging, sub-sampling, and agreement with
 `dlrmkit synth`'s binary output.
 
 Expected arrays come from hand derivation (the C1 / I1 columns and labels of the 23-line file)
@@ -8,101 +8,19 @@ and from tests/criteo_naive.py, a pure-Python re-implementation of the documente
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import random
-import zlib
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-import dlrmkit.data.preprocess as pp
 import dlrmkit.data.stage as stage
 from criteo_naive import expected_dataset, kaggle_days, parse_text, random_line
 from dlrmkit.cli import main
-from dlrmkit.config import PreprocessConfig
-from dlrmkit.data.dataset import Dataset
-from dlrmkit.errors import DatasetError
-
-SPLITS = ("train", "val", "test")
-
-
-# --- helpers ---------------------------------------------------------------------------------
-
-def run(out: Path, inputs, dataset="kaggle", **kw) -> dict:
-    kw.setdefault("workers", 1)
-    cfg = PreprocessConfig(dataset=dataset, inputs=tuple(str(p) for p in inputs), **kw)
-    return pp.preprocess(cfg, out, progress=False)
-
-
-def arrays(out: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    ds = Dataset(out)
-    return {s: (np.array(ds.split(s).label), np.array(ds.split(s).dense), np.array(ds.split(s).sparse))
-            for s in SPLITS}
-
-
-def dataset_files(out: Path) -> dict[str, bytes]:
-    """Every output file's bytes but metadata.json and the stage."""
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and p.name != "metadata.json" and ".stage" not in p.parts}
-
-
-def comparable_meta(out: Path) -> dict:
-    meta = json.loads((out / "metadata.json").read_text())
-    meta.pop("preprocess")
-    meta["source"].pop("inputs")
-    return meta
-
-
-def load_counts(out: Path, j: int, size: int) -> np.ndarray:
-    """counts/C<j>.npz (``index``: the training rows seen, sorted; ``count``: their occurrences) as a
-    dense array of ``size`` counts."""
-    with np.load(out / "counts" / f"C{j}.npz") as z:
-        index, count = z["index"], z["count"]
-    assert np.all(np.diff(index) > 0) and np.all(count > 0)
-    dense = np.zeros(size, dtype=np.int64)
-    dense[index] = count
-    return dense
-
-
-def check_against(out: Path, exp: dict) -> None:
-    got = arrays(out)
-    for split in SPLITS:
-        for name, a, b in zip(("label", "dense", "sparse"), got[split], exp["splits"][split]):
-            assert a.dtype == b.dtype, (split, name)
-            np.testing.assert_array_equal(a, b, err_msg=f"{split}/{name}")
-    meta = json.loads((out / "metadata.json").read_text())
-    assert meta["table_sizes"] == exp["table_sizes"]
-    for j in range(26):
-        np.testing.assert_array_equal(load_counts(out, j + 1, exp["table_sizes"][j]), exp["counts"][j],
-                                      err_msg=f"counts C{j + 1}")
-        vocab_file = out / "vocab" / f"C{j + 1}.npy"
-        if exp["vocab_values"] is None:
-            assert not vocab_file.exists()
-        else:
-            np.testing.assert_array_equal(np.load(vocab_file).astype(np.int64), exp["vocab_values"][j],
-                                          err_msg=f"vocab C{j + 1}")
-
-
-def random_text(n: int, seed: int, label_p: float | None = None) -> str:
-    rnd = random.Random(seed)
-    return "".join(random_line(rnd, None if label_p is None else int(rnd.random() < label_p)) for _ in range(n))
-
-
-def repetitive_text(n: int, seed: int) -> str:
-    """Valid lines whose categorical values repeat (small alphabets), so vocabularies matter."""
-    rnd = random.Random(seed)
-    alphabet = ["", "1", "2", "a", "B", "ff", "100", "DEADBEEF", "7fffffff", "ffffffff"]
-    lines = []
-    for _ in range(n):
-        dense = [rnd.choice(["", "0", "1", "-3", "17", "65535", str(rnd.randint(0, 10**6))]) for _ in range(13)]
-        sparse = [rnd.choice(alphabet[: 2 + j % 8]) for j in range(26)]
-        lines.append("\t".join([str(rnd.randint(0, 1))] + dense + sparse) + "\n")
-    return "".join(lines)
-
+from preprocess_helpers import (SPLITS, arrays, check_against, comparable_meta, dataset_files, load_counts,
+                                random_text, repetitive_text, run)
 
 # --- (a) a hand-written Kaggle file ----------------------------------------------------------
 # 23 rows: days of floor(23/7) = 3 rows, day 0 gets the remainder: [5, 3, 3, 3, 3, 3, 3].
@@ -223,133 +141,6 @@ def test_terabyte_three_days(tmp_path, vocab):
     np.testing.assert_array_equal(got["test"][0], label[7:10])
     np.testing.assert_array_equal(got["val"][0], label[10:12])
     check_against(tmp_path / "out", expected_dataset(label, dense, sparse, [4, 3, 5], vocab))
-
-
-# --- (c) gzip, truncation, empty files, bad lines --------------------------------------------
-
-def test_gz_input_is_byte_identical(tmp_path):
-    text = random_text(1500, seed=1)
-    plain = tmp_path / "train.txt"
-    plain.write_text(text)
-    gz = tmp_path / "train.txt.gz"
-    gz.write_bytes(gzip.compress(text.encode()))
-    run(tmp_path / "a", [plain], vocab="reference", block_bytes=1 << 16)
-    run(tmp_path / "b", [gz], vocab="reference", block_bytes=1 << 16)
-    assert dataset_files(tmp_path / "a") == dataset_files(tmp_path / "b")
-    assert comparable_meta(tmp_path / "a") == comparable_meta(tmp_path / "b")
-
-
-def _truncated_gz(tmp_path: Path, lines: int = 3000, keep: float = 0.6) -> tuple[Path, int]:
-    text = random_text(lines, seed=4).encode()
-    gz = gzip.compress(text)
-    cut = gz[: int(len(gz) * keep)]
-    path = tmp_path / "day_1.gz"
-    path.write_bytes(cut)
-    available = zlib.decompressobj(wbits=31).decompress(cut)  # everything the cut stream still holds
-    assert 0 < available.count(b"\n") < lines
-    return path, available.count(b"\n")
-
-
-def test_truncated_gz_errors(tmp_path):
-    path, _ = _truncated_gz(tmp_path)
-    day0 = tmp_path / "day_0"
-    day0.write_text(random_text(10, seed=2))
-    with pytest.raises(DatasetError, match="truncated") as e:
-        run(tmp_path / "out", [day0, path], dataset="terabyte", vocab="reference", block_bytes=1 << 16)
-    assert str(path) in str(e.value)
-
-
-@pytest.mark.parametrize("block_bytes", [1 << 16, 1 << 23])
-def test_truncated_gz_skip_keeps_complete_lines(tmp_path, block_bytes):
-    """The stream broke off: every line wholly inside what still decompresses is kept (only the
-    partial last line is dropped), whatever the block size."""
-    path, complete = _truncated_gz(tmp_path)
-    day0, day2 = tmp_path / "day_0", tmp_path / "day_2"
-    day0.write_text(random_text(10, seed=2))
-    day2.write_text(random_text(10, seed=5))
-    meta = run(tmp_path / "out", [day0, path, day2], dataset="terabyte", vocab="reference", on_bad_line="skip",
-               block_bytes=block_bytes)
-    assert meta["source"]["bad_lines"]["truncated_gzip"] == 1
-    assert meta["source"]["day_rows"] == [10, complete, 10]
-    expect_label, _, _ = parse_text(random_text(3000, seed=4))  # the whole file; the kept rows are its prefix
-    train_label = arrays(tmp_path / "out")["train"][0]
-    np.testing.assert_array_equal(train_label[10:], expect_label[:complete])
-
-
-def test_empty_file(tmp_path):
-    days = [tmp_path / f"day_{d}" for d in range(3)]
-    days[0].write_text(random_text(5, seed=1))
-    days[1].write_bytes(b"")
-    days[2].write_text(random_text(4, seed=2))
-    with pytest.raises(DatasetError, match="empty") as e:
-        run(tmp_path / "out", days, dataset="terabyte", vocab="reference")
-    assert str(days[1]) in str(e.value)
-    meta = run(tmp_path / "out", days, dataset="terabyte", vocab="reference", on_bad_line="skip")
-    assert meta["source"]["bad_lines"]["empty_file"] == 1
-    assert meta["source"]["day_rows"] == [5, 0, 4]
-    assert {s: v["rows"] for s, v in meta["splits"].items()} == {"train": 5, "val": 2, "test": 2}
-    empty_kaggle = tmp_path / "train.txt"
-    empty_kaggle.write_bytes(b"")
-    with pytest.raises(DatasetError, match="empty"):
-        run(tmp_path / "k", [empty_kaggle], vocab="reference")
-
-
-def _with_bad_lines(n: int, bad_at: dict[int, str], seed: int = 6) -> str:
-    rnd = random.Random(seed)
-    return "".join(bad_at.get(i, None) or random_line(rnd) for i in range(n))
-
-
-BAD = {
-    "field_count": "1\t2\t3\n",
-    "bad_label": "\t".join(["x"] + ["1"] * 13 + ["a"] * 26) + "\n",
-    "dense_not_integer": "\t".join(["0", "1.5"] + ["1"] * 12 + ["a"] * 26) + "\n",
-    "dense_out_of_range": "\t".join(["0", "3000000000"] + ["1"] * 12 + ["a"] * 26) + "\n",
-    "categorical_not_hex": "\t".join(["0"] + ["1"] * 13 + ["zz"] + ["a"] * 25) + "\n",
-    "categorical_too_long": "\t".join(["0"] + ["1"] * 13 + ["123456789"] + ["a"] * 25) + "\n",
-}
-
-
-@pytest.mark.parametrize("workers", [1, 2])
-def test_bad_line_error_names_file_and_line(tmp_path, workers):
-    src = tmp_path / "train.txt"
-    src.write_text(_with_bad_lines(2500, {2344: BAD["dense_not_integer"], 2400: BAD["bad_label"]}))
-    with pytest.raises(DatasetError) as e:
-        run(tmp_path / "out", [src], vocab="reference", block_bytes=1 << 16, workers=workers)
-    msg = str(e.value)
-    assert str(src) in msg and "line 2345:" in msg and "dense_not_integer" in msg and "I1" in msg, msg
-    assert not (tmp_path / "out" / "metadata.json").exists()
-
-
-def test_bad_line_error_through_cli(tmp_path, capsys):
-    src = tmp_path / "train.txt"
-    src.write_text(_with_bad_lines(30, {6: BAD["categorical_not_hex"]}))
-    rc = main(["preprocess", "--dataset", "kaggle", "--input", str(src), "--out", str(tmp_path / "out"),
-               "--workers", "1", "--quiet"])
-    captured = capsys.readouterr()
-    assert rc == 1 and captured.out == ""
-    lines = captured.err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("dlrmkit preprocess: error:"), captured.err
-    assert str(src) in lines[0] and "line 7:" in lines[0] and "C1" in lines[0]
-
-
-@pytest.mark.parametrize("workers", [1, 2])
-def test_bad_lines_skipped_and_counted(tmp_path, workers):
-    rnd = random.Random(1)
-    positions = rnd.sample(range(2500), 40)
-    kinds = list(BAD)
-    bad_at = {p: BAD[kinds[i % len(kinds)]] for i, p in enumerate(positions)}
-    src = tmp_path / "train.txt"
-    text = _with_bad_lines(2500, bad_at)
-    src.write_text(text)
-    meta = run(tmp_path / "out", [src], vocab="reference", on_bad_line="skip", block_bytes=1 << 16, workers=workers)
-    bad = meta["source"]["bad_lines"]
-    for i, kind in enumerate(kinds):
-        assert bad[kind] == sum(1 for k in range(40) if k % len(kinds) == i), kind
-    assert bad["truncated_gzip"] == 0 and bad["empty_file"] == 0
-    assert meta["source"]["lines"] == 2500 and meta["source"]["rows"] == 2460
-    good = "".join(line for i, line in enumerate(text.splitlines(keepends=True)) if i not in bad_at)
-    label, dense, sparse = parse_text(good)
-    check_against(tmp_path / "out", expected_dataset(label, dense, sparse, kaggle_days(2460), "reference"))
 
 
 # --- (d) determinism -------------------------------------------------------------------------

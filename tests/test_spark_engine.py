@@ -244,13 +244,73 @@ def test_bad_master_is_explained(tmp_path, kaggle_file):
         preprocess_spark(cfg, tmp_path / "out", SparkOptions(master="nonsense://x"), progress=False)
 
 
+def _terabyte_days(tmp_path: Path, day1: bytes) -> list[Path]:
+    """day_0 and day_2 plain, day_1 as given (a gzip stream); 400 rows in each whole day."""
+    days = [tmp_path / f"day_{d}" for d in range(3)]
+    days[1] = tmp_path / "day_1.gz"
+    days[0].write_text(_text(400, seed=30))
+    days[1].write_bytes(day1)
+    days[2].write_text(_text(400, seed=32))
+    return days
+
+
+def _two_members(lines: int, seed: int) -> bytes:
+    text = _text(lines, seed=seed).encode()
+    cut = len(text) // 2 + 11  # the members do not end at a line break
+    return gzip.compress(text[:cut]) + gzip.compress(text[cut:])
+
+
+@pytest.mark.parametrize("where", ["first member", "second member", "trailer", "next header"])
+def test_cut_short_gzip_skip_keeps_the_local_lines(tmp_path, where):
+    """A gzip day that ends inside a member (in the first or second member's data, in the trailer,
+    or in the header of a member after a whole one): under skip, the Spark engine keeps exactly the
+    local engine's complete lines, counts truncated_gzip, and the datasets are the same."""
+    data = _two_members(1500, seed=31)
+    cut = {"first member": data[:len(data) // 3], "second member": data[:len(data) * 3 // 4],
+           "trailer": data[:-3], "next header": data + gzip.compress(b"x")[:5]}[where]
+    days = _terabyte_days(tmp_path, cut)
+    local, spark = _both(tmp_path, days, dataset="terabyte", vocab="reference", on_bad_line="skip")
+    _assert_same(local, spark)
+    meta = json.loads((spark / "metadata.json").read_text())
+    assert meta["source"]["bad_lines"]["truncated_gzip"] == 1
+    rows = meta["source"]["day_rows"]
+    assert rows[0] == rows[2] == 400
+    assert (rows[1] == 1500) if where in ("trailer", "next header") else (0 < rows[1] < 1500)
+
+
+def test_cut_short_gzip_error_names_the_line_as_local(tmp_path):
+    """Under error, the same message as the local engine: the file and its last complete line;
+    a bad line in an earlier day is reported first, as the local engine reads in day order."""
+    data = _two_members(1500, seed=33)
+    days = _terabyte_days(tmp_path, data[:len(data) // 2])
+    cfg = PreprocessConfig(dataset="terabyte", inputs=tuple(map(str, days)), vocab="reference")
+    with pytest.raises(DatasetError) as local:
+        preprocess(cfg, tmp_path / "local", progress=False)
+    with pytest.raises(DatasetError) as spark:
+        preprocess_spark(cfg, tmp_path / "spark", OPTIONS, progress=False)
+    assert str(spark.value) == str(local.value)
+    assert "day_1.gz: the gzip stream is truncated after line" in str(spark.value)
+
+    days[0].write_text(_text(400, seed=30, bad_at={250: "1\t2\n"}))  # a short line before the cut day
+    with pytest.raises(DatasetError, match=r"day_0: line 251: ") as spark:
+        preprocess_spark(cfg, tmp_path / "spark", OPTIONS, progress=False)
+
+
+@pytest.mark.parametrize("damage", ["crc", "deflate", "header"])
 @pytest.mark.parametrize("policy", ["error", "skip"])
-def test_truncated_gzip_is_named(tmp_path, policy):
-    """Spark's gzip reader stops at a truncated stream under either policy (the local engine keeps
-    the complete lines under skip): the error names the file and says so."""
-    data = gzip.compress(_text(3000, seed=8).encode())
-    src = tmp_path / "train.txt.gz"
-    src.write_bytes(data[: len(data) * 2 // 3])
-    cfg = PreprocessConfig(dataset="kaggle", inputs=(str(src),), vocab="reference", on_bad_line=policy)
-    with pytest.raises(DatasetError, match=r"train\.txt\.gz: the gzip stream is truncated or corrupt"):
+def test_corrupt_gzip_fails_under_both_policies(tmp_path, damage, policy):
+    """Damaged gzip data (not a cut) is no bad line to skip: both engines stop, naming the file."""
+    data = bytearray(gzip.compress(_text(1500, seed=34).encode()))
+    if damage == "crc":
+        data[-8:-4] = bytes(4)
+    elif damage == "deflate":
+        data[len(data) // 2:len(data) // 2 + 64] = bytes(b ^ 0x5A for b in data[len(data) // 2:len(data) // 2 + 64])
+    else:
+        data[3] = 0xE0  # reserved header flags
+    days = _terabyte_days(tmp_path, bytes(data))
+    cfg = PreprocessConfig(dataset="terabyte", inputs=tuple(map(str, days)), vocab="reference", on_bad_line=policy)
+    expect = r"day_1\.gz: the gzip stream is corrupt \(.+\); its lines cannot be trusted"
+    with pytest.raises(DatasetError, match=expect):
+        preprocess(cfg, tmp_path / "local", progress=False)
+    with pytest.raises(DatasetError, match=expect):
         preprocess_spark(cfg, tmp_path / "spark", OPTIONS, progress=False)

@@ -20,6 +20,12 @@ executor, so ``OUT`` must be a directory every executor and the driver see (alwa
 ``local[*]``; a shared file system on a cluster). The driver collects, per split, its line count
 and bad lines, and applies the bad-line policy with each line's number in its
 file, as the local engine does.
+
+Gzip inputs that end inside a member (a cut-off download) fail Spark's reader. Such a file is then
+read again with Spark's ``ignoreCorruptFiles`` for it alone, which keeps every line before the cut
+(the same lines as the local engine keeps: both decoders are zlib); the job is rerun, and the
+file counts as ``truncated_gzip`` under 'skip'. Damaged gzip data fails under either policy, as
+in the local engine.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 
@@ -38,6 +45,7 @@ from dlrmkit.config import PreprocessConfig
 from dlrmkit.data.criteo_text import BAD_KINDS
 from dlrmkit.data.dataset import mark_incomplete
 from dlrmkit.data.preprocess import build_dataset, cut_days
+from dlrmkit.data.raw_files import corrupt_gzip, truncated_gzip
 from dlrmkit.data.stage import StageInfo, StagedRows, parse_for_stage, stage_layout
 from dlrmkit.data.spark_session import SparkOptions, spark_session
 from dlrmkit.data.spark_vocab import build_vocabs
@@ -45,9 +53,9 @@ from dlrmkit.data.spark_write import write_on_spark
 from dlrmkit.errors import DatasetError, EngineError
 
 
-def _stage_batches(out: str, cfg: PreprocessConfig, batches):
+def _stage_batches(root: str, cfg: PreprocessConfig, batches):
     """Executor side (``mapInArrow``): parse a task's lines into one stage directory per file split
-    it reads, keyed by (input file, split start); one summary row per split."""
+    it reads under ``root``, keyed by (input file, split start); one summary row per split."""
     import pyarrow as pa
 
     layout = stage_layout(cfg)[1]
@@ -57,7 +65,7 @@ def _stage_batches(out: str, cfg: PreprocessConfig, batches):
     def split_of(k: int, start: int) -> dict:
         key = (k, start)
         if key not in open_splits:
-            stage = Path(out) / ".stage" / "spark" / f"f{k:04d}-b{start:015d}"
+            stage = Path(root) / f"f{k:04d}-b{start:015d}"
             shutil.rmtree(stage, ignore_errors=True)
             stage.mkdir(parents=True)
             open_splits[key] = {"stage": stage, "lines": 0, "rows": 0, "bad": [],
@@ -123,6 +131,65 @@ def _input_identity(spark, uri: str) -> dict:
             "mtime_ms": int(status.getModificationTime())}
 
 
+def _stage_job(spark, cfg: PreprocessConfig, root: Path, files: int, cut_short: set[int]) -> list[dict]:
+    """The read-and-stage job over the first ``files`` inputs; the summary row of every split. The
+    inputs in ``cut_short`` are read up to where their gzip stream breaks off (Spark's
+    ``ignoreCorruptFiles``, for those files alone: every other input is read strictly)."""
+    from pyspark.sql import functions as F
+
+    frames = []
+    for k, uri in enumerate(cfg.inputs[:files]):
+        reader = spark.read.option("lineSep", "\n")
+        if k in cut_short:
+            reader = reader.option("ignoreCorruptFiles", "true")
+        frames.append(reader.text(uri).select("value", F.lit(k).cast("int").alias("file"),
+                                              F.col("_metadata.file_block_start").alias("start")))
+    df = frames[0]
+    for frame in frames[1:]:
+        df = df.unionAll(frame)
+    spark.sparkContext.setLogLevel("FATAL")  # a failure is reported by the caller, in one line
+    try:
+        rows = df.mapInArrow(lambda batches: _stage_batches(str(root), cfg, batches), SUMMARY_SCHEMA).collect()
+    finally:
+        spark.sparkContext.setLogLevel("ERROR")
+    parts = [row.asDict() for row in rows]
+    for p in parts:
+        p["bad"] = json.loads(p["bad"])
+    return parts
+
+
+# Hadoop's gzip codec, when the file ends inside a member; any other decompressor error is damage.
+CUT_SHORT = "java.io.EOFException: Unexpected end of input stream"
+
+
+def _failed_input(e: Exception, identities: list[dict]) -> tuple[int | None, str]:
+    """(the input a failed Spark job could not read, or None; the root cause's line)."""
+    text = str(e)
+    causes = re.findall(r"Caused by: ([^\n]+)", text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()] or [type(e).__name__]
+    if causes:  # a Java exception: its root cause
+        cause = causes[-1].strip()
+    elif "Traceback (most recent call last)" in text:  # a Python worker's: the exception, its last line
+        cause = lines[-1]
+    else:
+        cause = next((line for line in lines if "Error" in line or "Exception" in line), lines[0])
+    named = {_plain_uri(m) for m in re.findall(r"reading file (\S+?)\.?(?:\s|$)", text)}
+    for k, identity in enumerate(identities):
+        if _plain_uri(identity["path"]) in named:
+            return k, cause
+    return None, cause
+
+
+def _plain_uri(uri: str) -> str:
+    """A URI as Hadoop qualifies it, unescaped, with ``file:///`` written ``file:/``."""
+    return re.sub(r"^file:/+", "file:/", unquote(uri))
+
+
+def _is_gzip_failure(cause: str) -> bool:
+    return cause == CUT_SHORT or bool(re.search(r"gzip|zlib|Inflater|DataFormatException|invalid (block type|"
+                                                r"stored block|distance)|incorrect header", cause))
+
+
 def preprocess_spark(cfg: PreprocessConfig, out: str | os.PathLike, options: SparkOptions = SparkOptions(),
                      progress: bool = True) -> dict:
     """`preprocess` with pass 1 on Spark; returns the dataset metadata."""
@@ -138,27 +205,29 @@ def preprocess_spark(cfg: PreprocessConfig, out: str | os.PathLike, options: Spa
     if progress:
         print(f"preprocess [1/2 parse on Spark {sc.version}, master {sc.master}]: "
               f"{len(cfg.inputs)} inputs, {total_bytes / 1e6:,.0f} MB", file=sys.stderr, flush=True)
-    from pyspark.sql import functions as F
-
     if options.partitions:  # split plain files into about that many byte ranges each
         largest = max(i["bytes"] for i in identities)
         spark.conf.set("spark.sql.files.maxPartitionBytes", str(max(1 << 16, -(-largest // options.partitions))))
     else:
         spark.conf.unset("spark.sql.files.maxPartitionBytes")
-    frames = [spark.read.option("lineSep", "\n").text(uri)
-              .select("value", F.lit(k).cast("int").alias("file"), F.col("_metadata.file_block_start").alias("start"))
-              for k, uri in enumerate(cfg.inputs)]
-    df = frames[0]
-    for frame in frames[1:]:
-        df = df.unionAll(frame)
-    try:
-        parts = [row.asDict() for row in
-                 df.mapInArrow(lambda batches: _stage_batches(str(out), cfg, batches), SUMMARY_SCHEMA).collect()]
-    except Exception as e:
-        raise _read_error(e, cfg) from None
-    for p in parts:
-        p["bad"] = json.loads(p["bad"])
-    infos, stages, stage_rows = _apply_bad_line_policy(cfg, parts)
+    cut_short: set[int] = set()  # gzip inputs that end inside a member: read up to the cut
+    while True:
+        files = len(cfg.inputs) if cfg.on_bad_line == "skip" or not cut_short else max(cut_short) + 1
+        try:
+            parts = _stage_job(spark, cfg, out / ".stage" / "spark" / f"a{len(cut_short)}", files, cut_short)
+            break
+        except Exception as e:
+            k, cause = _failed_input(e, identities)
+            if k is None or not _is_gzip_failure(cause):
+                raise EngineError(f"the Spark job failed: {cause}") from None
+            if cause != CUT_SHORT or k in cut_short:
+                raise corrupt_gzip(cfg.inputs[k], cause.split(": ", 1)[-1]) from None
+            cut_short.add(k)
+            if progress:
+                print(f"preprocess [1/2 parse on Spark]: {cfg.inputs[k]}: the gzip stream is cut short; parsing "
+                      f"again, {'keeping its complete lines' if cfg.on_bad_line == 'skip' else 'to say where'}",
+                      file=sys.stderr, flush=True)
+    infos, stages, stage_rows = _apply_bad_line_policy(cfg, parts, cut_short)
     parse_seconds = time.perf_counter() - t0
     if progress:
         rows = sum(i.rows for i in infos)
@@ -188,9 +257,9 @@ def preprocess_spark(cfg: PreprocessConfig, out: str | os.PathLike, options: Spa
                          vocabs, write)
 
 
-def _apply_bad_line_policy(cfg: PreprocessConfig, parts: list[dict]):
-    """Order partitions by (file, first offset); per-file StageInfos; raise on the first bad line
-    (in file order) under 'error'."""
+def _apply_bad_line_policy(cfg: PreprocessConfig, parts: list[dict], cut_short: set[int]):
+    """Order partitions by (file, first offset); per-file StageInfos. Under 'error', raise on the
+    first bad line or cut-short gzip stream in file order, as the local engine does."""
     infos, stages, stage_rows = [], [], []
     for k, uri in enumerate(cfg.inputs):
         mine = sorted((p for p in parts if p["file"] == k and p["lines"]),
@@ -207,21 +276,13 @@ def _apply_bad_line_policy(cfg: PreprocessConfig, parts: list[dict]):
             line += p["lines"]
             stages.append(Path(p["stage"]))
             stage_rows.append(p["rows"])
+        if k in cut_short:
+            if cfg.on_bad_line == "error":
+                raise truncated_gzip(uri, line)
+            bad["truncated_gzip"] += 1
         if line == 0:
             if cfg.on_bad_line == "error":
                 raise DatasetError(f"{uri}: the file is empty")
             bad["empty_file"] += 1
         infos.append(StageInfo(sum(p["rows"] for p in mine), line, bad))
     return infos, stages, stage_rows
-
-
-def _read_error(e: Exception, cfg: PreprocessConfig) -> Exception:
-    text = str(e)
-    if re.search(r"EOFException|Unexpected end of (input|ZLIB)|invalid (block type|stored block|distance)|"
-                 r"Not in GZIP format|incorrect header check", text):
-        name = re.search(r"(?:file:|hdfs:|s3a?:)?/[^\s:]+\.gz", text)
-        where = name.group(0) if name else "a gzip input"
-        return DatasetError(f"{where}: the gzip stream is truncated or corrupt (Spark's reader stops at it; "
-                            f"the local engine can keep its complete lines with --on-bad-line skip)")
-    first = next((line for line in text.splitlines() if "Error" in line or "Exception" in line), text[:300])
-    return EngineError(f"the Spark job failed: {first.strip()}")

@@ -21,7 +21,7 @@ import numpy as np
 from dlrmkit.config import NUM_DENSE, NUM_SPARSE, PreprocessConfig
 from dlrmkit.data.criteo_text import BAD_KINDS, ParsedBlock, parse_block
 from dlrmkit.data.dataset import write_json_atomic
-from dlrmkit.data.raw_files import read_blocks
+from dlrmkit.data.raw_files import read_blocks, truncated_gzip
 from dlrmkit.data.transforms import log1p_dense
 from dlrmkit.data.vocab import hash_index
 from dlrmkit.errors import DatasetError
@@ -99,8 +99,7 @@ def stage_file(path: Path, stage: Path, cfg: PreprocessConfig, pool: ProcessPool
         lines += block.lines
     if truncated[0]:
         if cfg.on_bad_line == "error":
-            raise DatasetError(f"{path}: the gzip stream is truncated after line {lines} "
-                               f"(use --on-bad-line skip to keep the {lines} complete lines)")
+            raise truncated_gzip(str(path), lines)
         bad["truncated_gzip"] += 1
     if lines == 0:
         if cfg.on_bad_line == "error":
