@@ -17,6 +17,7 @@ take about 540 MB).
 from __future__ import annotations
 
 import os
+import re
 import resource
 import shutil
 import time
@@ -32,7 +33,7 @@ from dlrmkit.data.splits import KAGGLE_DAYS, day_sizes, split_ranges
 from dlrmkit.data.stage import StagedRows, StageInfo, input_identity, stage_dir, stage_file, stage_layout
 from dlrmkit.data.transforms import log1p_dense
 from dlrmkit.data.vocab import FirstAppearance, FrequencyCounter, mod_u32
-from dlrmkit.errors import DatasetError
+from dlrmkit.errors import ConfigError, DatasetError
 from dlrmkit.progress import Progress
 
 
@@ -53,9 +54,19 @@ def keep_mask(label: np.ndarray, rows: np.ndarray, rate: float, seed: int) -> np
     return (label == 1) | (u >= rate)
 
 
+def output_dir(out: str | os.PathLike) -> Path:
+    """OUT as a directory path; ConfigError for a URI, which would silently become a local directory."""
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", str(out))
+    if scheme:
+        raise ConfigError(f"--out {out}: the dataset files are written in place (memory-mapped, at row offsets), "
+                          f"so OUT must be a directory, not a {scheme.group(1)}:// URI; on a cluster, a directory "
+                          f"on a file system that every machine mounts (NFS, Lustre, ...)")
+    return Path(out)
+
+
 def preprocess(cfg: PreprocessConfig, out: str | os.PathLike, progress: bool = True) -> dict:
     """Run both passes; returns the dataset metadata."""
-    out = Path(out)
+    out = output_dir(out)
     inputs = [Path(p) for p in cfg.inputs]
     for p in inputs:
         if not p.is_file():

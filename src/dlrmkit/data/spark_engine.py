@@ -44,10 +44,10 @@ import numpy as np
 from dlrmkit.config import PreprocessConfig
 from dlrmkit.data.criteo_text import BAD_KINDS
 from dlrmkit.data.dataset import mark_incomplete
-from dlrmkit.data.preprocess import build_dataset, cut_days
+from dlrmkit.data.preprocess import build_dataset, cut_days, output_dir
 from dlrmkit.data.raw_files import corrupt_gzip, truncated_gzip
 from dlrmkit.data.stage import StageInfo, StagedRows, parse_for_stage, stage_layout
-from dlrmkit.data.spark_session import SparkOptions, spark_session
+from dlrmkit.data.spark_session import SparkOptions, check_executors, spark_session
 from dlrmkit.data.spark_vocab import build_vocabs
 from dlrmkit.data.spark_write import write_on_spark
 from dlrmkit.errors import DatasetError, EngineError
@@ -193,12 +193,13 @@ def _is_gzip_failure(cause: str) -> bool:
 def preprocess_spark(cfg: PreprocessConfig, out: str | os.PathLike, options: SparkOptions = SparkOptions(),
                      progress: bool = True) -> dict:
     """`preprocess` with pass 1 on Spark; returns the dataset metadata."""
-    out = Path(out).resolve()
+    out = output_dir(out).resolve()
     spark = spark_session(options)
     sc = spark.sparkContext
     t0 = time.perf_counter()
     identities = [_input_identity(spark, uri) for uri in cfg.inputs]
     out.mkdir(parents=True, exist_ok=True)
+    check_executors(spark, out)
     mark_incomplete(out)
     shutil.rmtree(out / ".stage", ignore_errors=True)
     total_bytes = sum(i["bytes"] for i in identities)

@@ -3,11 +3,13 @@ found and how to fix it."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,23 +49,104 @@ def check_java() -> str:
 
 
 def spark_session(options: SparkOptions):
-    """A SparkSession for ``options``; EngineError when PySpark or Java is missing or Spark cannot start."""
+    """A SparkSession for ``options``; EngineError when PySpark or Java is missing or Spark cannot start.
+
+    Executors run Python workers with ``spark.pyspark.python`` when given in ``options.conf``, else
+    ``PYSPARK_PYTHON``, else this interpreter (so a virtual environment on a shared file system
+    works as it is); `check_executors` then proves they can run dlrmkit. A running session for
+    another master or Python is stopped first (Spark keeps one per process)."""
     try:
         from pyspark.sql import SparkSession
     except ImportError:
         raise EngineError("the spark engine needs PySpark: `pip install 'dlrmkit[spark]'` (or `pip install "
                           "pyspark`), or use --engine local") from None
     check_java()
+    python = dict(options.conf).get("spark.pyspark.python") or os.environ.get("PYSPARK_PYTHON") or sys.executable
+    running = SparkSession.getActiveSession()
+    if running is not None and (running.sparkContext.master != options.master
+                                or running.sparkContext.pythonExec != python):
+        running.stop()
     builder = (SparkSession.builder.master(options.master).appName("dlrmkit preprocess")
                .config("spark.sql.execution.arrow.maxRecordsPerBatch", "65536"))
-    if options.master.startswith("local"):  # Python workers run this interpreter, which has dlrmkit
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     for key, value in options.conf:
         builder = builder.config(key, value)
+    before = os.environ.get("PYSPARK_PYTHON")
+    os.environ["PYSPARK_PYTHON"] = python  # PySpark reads it when the context starts, not the conf
     try:
         spark = builder.getOrCreate()
     except Exception as e:  # py4j / Java gateway errors come in several types
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise EngineError(f"Spark did not start (master {options.master}): {first}") from None
+    finally:
+        if before is None:
+            del os.environ["PYSPARK_PYTHON"]
+        else:
+            os.environ["PYSPARK_PYTHON"] = before
     spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+def source_fingerprint() -> str:
+    """dlrmkit's version and a digest of its Python sources: driver and executors must agree, or
+    the same input could give different bytes."""
+    import dlrmkit
+
+    root = Path(dlrmkit.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return f"dlrmkit {dlrmkit.__version__} (sources {digest.hexdigest()[:12]})"
+
+
+def check_executors(spark, out: Path) -> None:
+    """One small job with a task per core: every executor must run dlrmkit (the driver's version and
+    sources, with pyarrow) and see ``out`` (the stage and dataset files are written there by the
+    executors and read by the driver). EngineError naming the host and what to do otherwise."""
+    token = out / f".spark-visible-{uuid.uuid4().hex}"
+    token.write_text("written by the driver; executors check they see it\n")
+    try:
+        found = _probe(spark, str(token))
+    finally:
+        token.unlink(missing_ok=True)
+    mine = source_fingerprint()
+    for host, python, theirs, visible in sorted(set(found)):
+        if theirs.startswith("ImportError"):
+            raise EngineError(f"executor {host}: its Python ({python}) cannot run the spark engine ({theirs}). "
+                              f"Install 'dlrmkit[spark]' there, or name a Python that has it with "
+                              f"--spark-conf spark.pyspark.python=PATH")
+        if theirs != mine:
+            raise EngineError(f"executor {host} runs {theirs}, the driver {mine}: install the same dlrmkit on "
+                              f"the driver and every executor")
+        if not visible:
+            raise EngineError(f"executor {host} does not see OUT ({out}): the executors write the stage and the "
+                              f"dataset there, so OUT must be a directory on a file system that the driver and "
+                              f"every executor mount at the same path (NFS, Lustre, ...)")
+
+
+def _probe(spark, token: str) -> list[tuple[str, str, str, bool]]:
+    """(host, Python, dlrmkit fingerprint or the import error, sees ``token``) from every task."""
+
+    def probe(_):  # pickled by value: it must run where dlrmkit cannot be imported
+        import importlib
+        import os
+        import socket
+        import sys
+
+        try:
+            importlib.import_module("pyarrow")
+            from dlrmkit.data.spark_session import source_fingerprint as fingerprint
+            theirs = fingerprint()
+        except ImportError as e:
+            theirs = f"ImportError: {e}"
+        yield socket.gethostname(), sys.executable, theirs, os.path.exists(token)
+
+    sc = spark.sparkContext
+    tasks = max(1, sc.defaultParallelism)
+    try:
+        return sc.parallelize(range(tasks), tasks).mapPartitions(probe).collect()
+    except Exception as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+        cause = next((line for line in reversed(lines) if "Error" in line or "Exception" in line), lines[0])
+        cause = re.sub(r"^Caused by: (java\.io\.IOException: )?", "", cause)
+        raise EngineError(f"the executors could not run Python ({sc.pythonExec}): {cause}. Name a Python "
+                          f"that has 'dlrmkit[spark]' with --spark-conf spark.pyspark.python=PATH") from None
