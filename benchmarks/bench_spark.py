@@ -4,6 +4,7 @@ vocabulary and write jobs are also shown alone), and the peak memory of the whol
 (driver, JVM, Python workers), plain and gzipped.
 
     python benchmarks/bench_spark.py [--rows 2000000] [--vocab frequency] [--partitions 8]
+        [--master local[2]|spark://HOST:PORT] [--cut-gzip]
 
 Each variant runs in a fresh process; memory is sampled every 0.1 s as the sum of the resident
 sets of the process and all its descendants.
@@ -26,11 +27,11 @@ import json, sys
 from dlrmkit.config import PreprocessConfig
 from dlrmkit.data.preprocess import preprocess
 from dlrmkit.data.spark_engine import SparkOptions, preprocess_spark
-engine, inp, vocab, out, parts = sys.argv[1:6]
-cfg = PreprocessConfig(dataset="kaggle", inputs=(inp,), vocab=vocab, workers=2,
+engine, inp, vocab, out, parts, master = sys.argv[1:7]
+cfg = PreprocessConfig(dataset="kaggle", inputs=(inp,), vocab=vocab, workers=2, on_bad_line="skip",
                        max_index_range=10_000_000 if vocab == "hash" else None)
 if engine == "spark":
-    options = SparkOptions("local[2]", int(parts) or None, (("spark.ui.enabled", "false"),))
+    options = SparkOptions(master, int(parts) or None, (("spark.ui.enabled", "false"),))
     meta = preprocess_spark(cfg, out, options, progress=False)
 else:
     meta = preprocess(cfg, out, progress=False)
@@ -57,10 +58,10 @@ def _tree_rss_mb(pid: int) -> float:
     return total / 2**20
 
 
-def run(engine: str, path: Path, vocab: str, out: Path, partitions: int) -> dict:
+def run(engine: str, path: Path, vocab: str, out: Path, partitions: int, master: str) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     t = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", RUN, engine, str(path), vocab, str(out), str(partitions)],
+    proc = subprocess.Popen([sys.executable, "-c", RUN, engine, str(path), vocab, str(out), str(partitions), master],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = 0.0
     while proc.poll() is None:
@@ -82,26 +83,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vocab", choices=("hash", "frequency", "reference"), default="frequency")
     p.add_argument("--partitions", type=int, default=8, help="Spark partitions per plain file")
     p.add_argument("--work", default="/tmp/dlrmkit-bench-spark")
+    p.add_argument("--master", default="local[2]", help="e.g. spark://HOST:PORT for a running standalone cluster "
+                   "(peak memory then counts the driver side only)")
+    p.add_argument("--cut-gzip", action="store_true",
+                   help="also the gzip input cut short at 90%% (--on-bad-line skip: Spark parses twice)")
     args = p.parse_args(argv)
     work = Path(args.work)
     plain, gz = kaggle_text(args.rows, work)
+    inputs = [plain, gz]
+    if args.cut_gzip:
+        cut = work / f"cut-{gz.name}"
+        data = gz.read_bytes()
+        cut.write_bytes(data[:len(data) * 9 // 10])
+        inputs.append(cut)
     print(f"preprocess --vocab {args.vocab}, {args.rows:,} synthetic Kaggle rows ({plain.stat().st_size / 1e6:.0f} MB "
           f"text, {gz.stat().st_size / 1e6:.0f} MB gzipped), {time.strftime('%Y-%m-%d')}")
     print("| input | engine | rows/s (all) | parse rows/s | vocab on Spark s | write on Spark s | build rows/s | "
-          "wall s (with start-up) | peak MB (process tree) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for path in (plain, gz):
+          "wall s (with start-up) | peak MB (process tree) | executor check s | parse jobs |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for path in inputs:
         for engine in ("local", "spark"):
-            r = run(engine, path, args.vocab, work / f"out-{engine}", args.partitions)
+            r = run(engine, path, args.vocab, work / f"out-{engine}", args.partitions, args.master)
             eng = r["engine"]
             vocab_s, write_s = eng.get("vocab_seconds"), eng.get("write_seconds")
             build_s = r["seconds"] - r["parse_seconds"]
             name = "local, 2 workers" if engine == "local" else f"spark {eng['master']}, {eng['partitions']} splits"
+            checks = (f"{eng['executor_check_seconds']:.2f} | {eng['parse_jobs']}" if engine == "spark"
+                      else "- | -")
             print(f"| {path.name} | {name} | {r['rows'] / r['seconds'] / 1e3:.0f}k | "
                   f"{r['rows'] / r['parse_seconds'] / 1e3:.0f}k | {'-' if vocab_s is None else f'{vocab_s:.1f}'} | "
                   f"{'-' if write_s is None else f'{write_s:.1f}'} | "
                   f"{r['rows'] / build_s / 1e3:.0f}k | "
-                  f"{r['wall_s']:.1f} | {r['peak_tree_mb']:.0f} |", flush=True)
+                  f"{r['wall_s']:.1f} | {r['peak_tree_mb']:.0f} | {checks} |", flush=True)
     return 0
 
 

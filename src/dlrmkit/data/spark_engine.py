@@ -199,7 +199,9 @@ def preprocess_spark(cfg: PreprocessConfig, out: str | os.PathLike, options: Spa
     t0 = time.perf_counter()
     identities = [_input_identity(spark, uri) for uri in cfg.inputs]
     out.mkdir(parents=True, exist_ok=True)
+    t_probe = time.perf_counter()
     check_executors(spark, out)
+    probe_seconds = time.perf_counter() - t_probe
     mark_incomplete(out)
     shutil.rmtree(out / ".stage", ignore_errors=True)
     total_bytes = sum(i["bytes"] for i in identities)
@@ -214,10 +216,12 @@ def preprocess_spark(cfg: PreprocessConfig, out: str | os.PathLike, options: Spa
     cut_short: set[int] = set()  # gzip inputs that end inside a member: read up to the cut
     while True:
         files = len(cfg.inputs) if cfg.on_bad_line == "skip" or not cut_short else max(cut_short) + 1
+        attempt = out / ".stage" / "spark" / f"a{len(cut_short)}"
         try:
-            parts = _stage_job(spark, cfg, out / ".stage" / "spark" / f"a{len(cut_short)}", files, cut_short)
+            parts = _stage_job(spark, cfg, attempt, files, cut_short)
             break
         except Exception as e:
+            shutil.rmtree(attempt, ignore_errors=True)  # a failed job's stage: up to a copy of the input
             k, cause = _failed_input(e, identities)
             if k is None or not _is_gzip_failure(cause):
                 raise EngineError(f"the Spark job failed: {cause}") from None
@@ -235,7 +239,8 @@ def preprocess_spark(cfg: PreprocessConfig, out: str | os.PathLike, options: Spa
         print(f"preprocess [1/2 parse on Spark]: {rows:,} rows in {len(parts)} partitions at "
               f"{rows / parse_seconds / 1e3:,.0f}k rows/s", file=sys.stderr, flush=True)
     engine = {"name": "spark", "spark_version": sc.version, "master": sc.master, "partitions": len(parts),
-              "default_parallelism": sc.defaultParallelism}
+              "default_parallelism": sc.defaultParallelism, "executor_check_seconds": probe_seconds,
+              "parse_jobs": 1 + len(cut_short)}
     vocabs = None
     if cfg.vocab in ("frequency", "reference"):
         t_vocab = time.perf_counter()
