@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from dlrmkit.checkpoint import save_checkpoint
 from dlrmkit.cli import main

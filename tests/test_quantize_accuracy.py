@@ -145,14 +145,6 @@ def test_every_precision_keeps_99_percent_of_fp32_auc(trained, precision):
         assert auc == fp32_auc
 
 
-@pytest.mark.parametrize("config_ver, target", [("default", 0.99), ("high_accuracy", 0.999)])
-def test_config_version_precision_meets_its_target_synthetic(trained, config_ver, target):
-    model, cfg, arrays, fp32_auc = trained
-    precision = PRECISION_FOR_CONFIG_VER[config_ver]
-    auc = _auc(model, cfg, precision, *arrays)
-    assert auc >= target * fp32_auc, f"{config_ver} ({precision}): AUC {auc:.5f}, FP32 {fp32_auc:.5f}"
-
-
 # --- AUC on real Criteo rows: the DLRM reference's checkpoint ----------------------------------
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -186,12 +178,13 @@ def real_rows():
     return model, cfg, (dense, sparse, labels), fp32_auc
 
 
+@pytest.mark.parametrize("data", ["trained", "real_rows"])  # synthetic data; the reference's checkpoint
 @pytest.mark.parametrize("config_ver, target", [("default", 0.99), ("high_accuracy", 0.999)])
-def test_config_version_precision_meets_its_target_real_rows(real_rows, config_ver, target):
-    model, cfg, arrays, fp32_auc = real_rows
+def test_config_version_precision_meets_its_target(request, data, config_ver, target):
+    model, cfg, arrays, fp32_auc = request.getfixturevalue(data)
     precision = PRECISION_FOR_CONFIG_VER[config_ver]
     auc = _auc(model, cfg, precision, *arrays)
-    assert auc >= target * fp32_auc, f"{config_ver} ({precision}): AUC {auc:.6f}, FP32 {fp32_auc:.6f}"
+    assert auc >= target * fp32_auc, f"{data}, {config_ver} ({precision}): AUC {auc:.6f}, FP32 {fp32_auc:.6f}"
 
 
 # --- int8 MLPs with calibrated (static) activation scales -------------------------------------

@@ -22,6 +22,7 @@ import pytest
 from dlrmkit.cli import main
 from dlrmkit.config import PreprocessConfig
 from dlrmkit.errors import ConfigError, EngineError
+from preprocess_helpers import dataset_files
 
 pyspark = pytest.importorskip("pyspark", reason="PySpark is not installed (pip install 'dlrmkit[spark]')")
 if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
@@ -92,11 +93,6 @@ def cluster(tmp_path_factory):
     _stop(master)
 
 
-def _files(out: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and p.name != "metadata.json" and ".stage" not in p.parts}
-
-
 @pytest.mark.skipif(not REAL.is_file(), reason=f"{REAL} is absent (the real Criteo rows)")
 def test_cluster_cli_same_dataset_as_local(tmp_path, cluster, capsys):
     """`dlrmkit preprocess --engine spark --spark-master spark://...` on the real rows, frequency
@@ -107,7 +103,7 @@ def test_cluster_cli_same_dataset_as_local(tmp_path, cluster, capsys):
     assert main(common + ["--out", str(tmp_path / "local"), "--workers", "1"]) == 0
     assert main(common + ["--out", str(tmp_path / "spark"), "--engine", "spark", "--spark-master", master,
                           "--spark-conf", "spark.executor.memory=1g"]) == 0
-    assert _files(tmp_path / "local") == _files(tmp_path / "spark")
+    assert dataset_files(tmp_path / "local") == dataset_files(tmp_path / "spark")
     meta = json.loads((tmp_path / "spark" / "metadata.json").read_text())
     assert meta["preprocess"]["engine"]["master"] == master
     assert meta["source"]["rows"] == json.loads((tmp_path / "local" / "metadata.json").read_text())["source"]["rows"]

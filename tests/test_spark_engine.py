@@ -18,6 +18,7 @@ from dlrmkit.cli import main
 from dlrmkit.config import PreprocessConfig
 from dlrmkit.data.preprocess import preprocess
 from dlrmkit.errors import DatasetError, EngineError
+from preprocess_helpers import dataset_files
 
 pyspark = pytest.importorskip("pyspark", reason="PySpark is not installed (pip install 'dlrmkit[spark]')")
 if shutil.which("java") is None and not __import__("os").environ.get("JAVA_HOME"):
@@ -29,11 +30,6 @@ from dlrmkit.data.spark_session import check_java  # noqa: E402
 REAL = Path(__file__).resolve().parents[2] / "shared" / "criteo_data" / "criteo_kaggle_train_head10109.txt.gz"
 OPTIONS = SparkOptions(master="local[2]", conf=(("spark.ui.enabled", "false"),
                                                 ("spark.sql.shuffle.partitions", "2")))
-
-
-def _files(out: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and p.name != "metadata.json" and ".stage" not in p.parts}
 
 
 def _meta(out: Path) -> dict:
@@ -53,7 +49,7 @@ def _both(tmp_path: Path, inputs, partitions: int | None = None, **kw) -> tuple[
 
 
 def _assert_same(local: Path, spark: Path) -> None:
-    a, b = _files(local), _files(spark)
+    a, b = dataset_files(local), dataset_files(spark)
     assert sorted(a) == sorted(b)
     different = [name for name in a if a[name] != b[name]]
     assert not different, different

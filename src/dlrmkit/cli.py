@@ -104,7 +104,8 @@ def _add_preprocess(sub) -> None:
     g.add_argument("--spark-partitions", type=_positive_int,
                    help="cut each plain input file into about N partitions (gzip files are read whole)")
     g.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
-                   help="a Spark setting, e.g. spark.executor.memory=8g (repeatable)")
+                   help="a Spark setting, e.g. spark.executor.memory=8g, or spark.pyspark.python=PATH for the "
+                        "executors' Python (default: this one's); repeatable")
 
 
 def _add_import(sub) -> None:
