@@ -310,3 +310,14 @@ def test_corrupt_gzip_fails_under_both_policies(tmp_path, damage, policy):
         preprocess(cfg, tmp_path / "local", progress=False)
     with pytest.raises(DatasetError, match=expect):
         preprocess_spark(cfg, tmp_path / "spark", OPTIONS, progress=False)
+
+
+def test_plain_text_named_gz_is_explained(tmp_path):
+    """Hadoop picks the gzip codec by the file name: a plain day named .gz fails, and says why (the
+    local engine reads it as plain text, from its first bytes)."""
+    days = _terabyte_days(tmp_path, _text(300, seed=35).encode())
+    cfg = PreprocessConfig(dataset="terabyte", inputs=tuple(map(str, days)), vocab="reference", on_bad_line="skip")
+    assert preprocess(cfg, tmp_path / "local", progress=False)["source"]["day_rows"] == [400, 300, 400]
+    with pytest.raises(DatasetError, match=r"day_1\.gz: the gzip stream is corrupt \(not a gzip file, or not from "
+                                           r"its first byte on: Spark reads a file named \.gz as gzip"):
+        preprocess_spark(cfg, tmp_path / "spark", OPTIONS, progress=False)

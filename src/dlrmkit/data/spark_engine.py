@@ -226,7 +226,11 @@ def preprocess_spark(cfg: PreprocessConfig, out: str | os.PathLike, options: Spa
             if k is None or not _is_gzip_failure(cause):
                 raise EngineError(f"the Spark job failed: {cause}") from None
             if cause != CUT_SHORT or k in cut_short:
-                raise corrupt_gzip(cfg.inputs[k], cause.split(": ", 1)[-1]) from None
+                detail = cause.split(": ", 1)[-1]
+                if detail == "not a gzip file":  # Hadoop picks the codec by the name, not the bytes
+                    detail += ", or not from its first byte on: Spark reads a file named .gz as gzip, and refuses "
+                    detail += "zero padding after the last member"
+                raise corrupt_gzip(cfg.inputs[k], detail) from None
             cut_short.add(k)
             if progress:
                 print(f"preprocess [1/2 parse on Spark]: {cfg.inputs[k]}: the gzip stream is cut short; parsing "
