@@ -2,6 +2,7 @@
 and the torch.compile and ONNX Runtime backends.
 
     python benchmarks/bench_inference.py [--shapes kaggle,terabyte] [--batch-size 2048] [--threads 2]
+        [--device cuda]   # on a GPU: the torch variants without int8 MLPs
         [--checkpoint CKPT --data DATA]   # also each variant's AUC on DATA's test split
 
 Speed: the TorchPredictor as `dlrmkit bench` runs it (numpy in, probabilities out, calls of 2048
@@ -41,7 +42,7 @@ def mlp_bytes(model) -> int:
     return sum(p.numel() * p.element_size() for n, p in model.named_parameters() if not n.startswith("embeddings"))
 
 
-def speed(shape: str, rows: int, batch: int, steps: int, repeats: int) -> list[dict]:
+def speed(shape: str, rows: int, batch: int, steps: int, repeats: int, device: str = "cpu") -> list[dict]:
     cfg = preset(shape, (rows,) * 26)
     cfg = type(cfg)(**{**cfg.to_dict(), "max_index_range": None})
     base = build_model(cfg, seed=0, sparse_grad=False).eval()
@@ -51,6 +52,8 @@ def speed(shape: str, rows: int, batch: int, steps: int, repeats: int) -> list[d
     out = []
     runs = [("torch", p) for p in VARIANTS] + [("torch-compile", Precision()), ("torch-compile", DEFAULT),
                                                ("onnxruntime", Precision())]
+    if device != "cpu":  # PyTorch's int8 matmuls and this ONNX Runtime build are CPU-only
+        runs = [(b, p) for b, p in runs if b != "onnxruntime" and p.mlp not in ("int8", "int8-static")]
     calibration = [(torch.from_numpy(dense), torch.from_numpy(sparse.astype(np.int64)))]
     for backend, precision in runs:
         model = quantize_model(copy.deepcopy(base), precision, calibration)
@@ -62,9 +65,10 @@ def speed(shape: str, rows: int, batch: int, steps: int, repeats: int) -> list[d
             with tempfile.TemporaryDirectory() as tmp:
                 predict = OnnxPredictor(export_onnx(model, f"{tmp}/m.onnx", cfg.num_dense), threads=torch.get_num_threads())
         else:
-            predict = TorchPredictor(model, precision=precision, compile=backend == "torch-compile")
+            predict = TorchPredictor(model, precision=precision, compile=backend == "torch-compile", device=device)
         rate = batch / seconds_per_call(lambda: predict(dense, sparse), steps, 5, repeats)
-        row = {"shape": shape, "backend": backend, "precision": precision.to_dict(), "samples_per_s": rate,
+        row = {"shape": shape, "device": device, "backend": backend, "precision": precision.to_dict(),
+               "samples_per_s": rate,
                "vs_reference": rate / REFERENCE[shape], "table_mib": embedding_bytes(model) / 2**20,
                "mlp_mib": mlp_bytes(base) / 2**20}
         out.append(row)
@@ -134,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--device", default="cpu", help="cpu or cuda: where the model runs (inputs come from numpy)")
     p.add_argument("--checkpoint")
     p.add_argument("--data")
     p.add_argument("--placement-data", help="also compare row layouts on this dataset's tables and test rows")
@@ -141,15 +146,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     retain_freed_memory()  # as the dlrmkit CLI does
     torch.set_num_threads(args.threads)
-    results = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+    results = {"machine": platform.processor() or platform.machine(), "device": args.device, "torch": torch.__version__,
                "threads": args.threads, "batch_size": args.batch_size, "date": time.strftime("%Y-%m-%d"),
                "speed": [], "accuracy": []}
-    print(f"batch {args.batch_size}, {args.threads} threads, torch {torch.__version__}, "
-          f"{args.rows_per_table:,} rows per table")
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{args.threads} CPU threads"
+    print(f"batch {args.batch_size}, {where}, torch {torch.__version__}, {args.rows_per_table:,} rows per table")
     print("| shape | backend | tables | MLPs | samples/s | vs DLRM reference | tables in memory |")
     print("|---|---|---|---|---|---|---|")
     for shape in args.shapes.split(","):
-        results["speed"] += speed(shape, args.rows_per_table, args.batch_size, args.steps, args.repeats)
+        results["speed"] += speed(shape, args.rows_per_table, args.batch_size, args.steps, args.repeats,
+                                  args.device)
     if args.checkpoint and args.data:
         print(f"\nAUC on the test split of {args.data} ({args.checkpoint})")
         print("| tables | MLPs | AUC | of FP32 |")

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The GPU checks, as one prepared command for a session that is lent a GPU machine (the device
+# tool; its python3 has PyTorch with CUDA, numpy, pytest and onnxruntime; dlrmkit runs from src/
+# with the numpy parser, no build needed). In the repository root there:
+#
+#   bash benchmarks/gpu_check.sh            # about 5-7 minutes on one H100
+#
+# 1. tests/test_gpu.py: CUDA predictions against the CPU's (FP32, int8 tables, bf16 MLPs), the hot
+#    tier on the GPU with cold rows in pinned host memory, and NCCL training against one CPU process.
+# 2. benchmarks/bench_inference.py --device cuda: every torch variant without int8 MLPs, kaggle and
+#    terabyte shapes, 1M rows per table, batch 65,536.
+# Logs and the JSON go to $OUT (the device tool brings them back), else /tmp/gpu_check. Each step
+# has its own time limit, so one that hangs leaves the other's output. Locally, DEVICE=cpu
+# PYTHON=.venv/bin/python ROWS=1000 BATCH=256 runs the same plumbing on the CPU.
+set -uo pipefail
+out=${OUT:-/tmp/gpu_check}
+py=${PYTHON:-python3}
+device=${DEVICE:-cuda}
+mkdir -p "$out"
+export PYTHONPATH="$PWD/src:$PWD/benchmarks${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+"$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available() and torch.cuda.get_device_name(0))" \
+  | tee "$out/device.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null | tee -a "$out/device.txt"
+
+timeout "${TEST_SECONDS:-300}" "$py" -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$out/test_gpu.log"
+tests=$?
+timeout "${BENCH_SECONDS:-240}" "$py" benchmarks/bench_inference.py --device "$device" --shapes kaggle,terabyte \
+  --rows-per-table "${ROWS:-1000000}" --batch-size "${BATCH:-65536}" --threads "$(nproc)" --steps 10 --repeats 3 \
+  --json "$out/bench_inference_$device.json" 2>&1 | tee "$out/bench_inference_$device.log"
+bench=$?
+echo "gpu_check: tests exit $tests, benchmark exit $bench"
+exit $((tests || bench))
