@@ -16,6 +16,7 @@ arbitrary unpickling.
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +92,9 @@ def convert_state(state: dict, model: DLRM) -> dict:
 
 def load_reference_payload(path: str | Path) -> dict:
     try:
-        with torch.serialization.safe_globals(_SAFE_NUMPY):
+        with torch.serialization.safe_globals(_SAFE_NUMPY), warnings.catch_warnings():
+            # torch's own unpickling of quantized (int8-static) weights goes through TypedStorage
+            warnings.filterwarnings("ignore", message="TypedStorage is deprecated", category=UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(f"{path}: cannot be read as a checkpoint (truncated or corrupt?): "
