@@ -196,18 +196,19 @@ def preprocess_spark(cfg: PreprocessConfig, out: str | os.PathLike, options: Spa
     out = output_dir(out).resolve()
     spark = spark_session(options)
     sc = spark.sparkContext
-    t0 = time.perf_counter()
     identities = [_input_identity(spark, uri) for uri in cfg.inputs]
-    out.mkdir(parents=True, exist_ok=True)
-    t_probe = time.perf_counter()
-    check_executors(spark, out)
-    probe_seconds = time.perf_counter() - t_probe
-    mark_incomplete(out)
-    shutil.rmtree(out / ".stage", ignore_errors=True)
     total_bytes = sum(i["bytes"] for i in identities)
+    out.mkdir(parents=True, exist_ok=True)
     if progress:
         print(f"preprocess [1/2 parse on Spark {sc.version}, master {sc.master}]: "
-              f"{len(cfg.inputs)} inputs, {total_bytes / 1e6:,.0f} MB", file=sys.stderr, flush=True)
+              f"{len(cfg.inputs)} inputs, {total_bytes / 1e6:,.0f} MB; checking the executors",
+              file=sys.stderr, flush=True)
+    t_probe = time.perf_counter()
+    check_executors(spark, out)
+    t0 = time.perf_counter()
+    probe_seconds = t0 - t_probe
+    mark_incomplete(out)
+    shutil.rmtree(out / ".stage", ignore_errors=True)
     if options.partitions:  # split plain files into about that many byte ranges each
         largest = max(i["bytes"] for i in identities)
         spark.conf.set("spark.sql.files.maxPartitionBytes", str(max(1 << 16, -(-largest // options.partitions))))
