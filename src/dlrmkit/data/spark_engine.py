@@ -47,7 +47,7 @@ from dlrmkit.data.dataset import mark_incomplete
 from dlrmkit.data.preprocess import build_dataset, cut_days, output_dir
 from dlrmkit.data.raw_files import corrupt_gzip, truncated_gzip
 from dlrmkit.data.stage import StageInfo, StagedRows, parse_for_stage, stage_layout
-from dlrmkit.data.spark_session import SparkOptions, check_executors, spark_session
+from dlrmkit.data.spark_session import SparkOptions, check_executors, root_cause, spark_session
 from dlrmkit.data.spark_vocab import build_vocabs
 from dlrmkit.data.spark_write import write_on_spark
 from dlrmkit.errors import DatasetError, EngineError
@@ -164,16 +164,8 @@ CUT_SHORT = "java.io.EOFException: Unexpected end of input stream"
 
 def _failed_input(e: Exception, identities: list[dict]) -> tuple[int | None, str]:
     """(the input a failed Spark job could not read, or None; the root cause's line)."""
-    text = str(e)
-    causes = re.findall(r"Caused by: ([^\n]+)", text)
-    lines = [line.strip() for line in text.splitlines() if line.strip()] or [type(e).__name__]
-    if causes:  # a Java exception: its root cause
-        cause = causes[-1].strip()
-    elif "Traceback (most recent call last)" in text:  # a Python worker's: the exception, its last line
-        cause = lines[-1]
-    else:
-        cause = next((line for line in lines if "Error" in line or "Exception" in line), lines[0])
-    named = {_plain_uri(m) for m in re.findall(r"reading file (\S+?)\.?(?:\s|$)", text)}
+    cause = root_cause(e)
+    named = {_plain_uri(m) for m in re.findall(r"reading file (\S+?)\.?(?:\s|$)", str(e))}
     for k, identity in enumerate(identities):
         if _plain_uri(identity["path"]) in named:
             return k, cause

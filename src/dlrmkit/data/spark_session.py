@@ -145,8 +145,19 @@ def _probe(spark, token: str) -> list[tuple[str, str, str, bool]]:
     try:
         return sc.parallelize(range(tasks), tasks).mapPartitions(probe).collect()
     except Exception as e:
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
-        cause = next((line for line in reversed(lines) if "Error" in line or "Exception" in line), lines[0])
-        cause = re.sub(r"^Caused by: (java\.io\.IOException: )?", "", cause)
+        cause = re.sub(r"^java\.io\.IOException: ", "", root_cause(e))
         raise EngineError(f"the executors could not run Python ({sc.pythonExec}): {cause}. Name a Python "
                           f"that has 'dlrmkit[spark]' with --spark-conf spark.pyspark.python=PATH") from None
+
+
+def root_cause(e: Exception) -> str:
+    """The line of a failed Spark job's error that says what went wrong: a Java exception's last
+    cause, a Python worker's exception (the traceback's last line), else the first error line."""
+    text = str(e)
+    causes = re.findall(r"Caused by: ([^\n]+)", text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()] or [type(e).__name__]
+    if causes:
+        return causes[-1].strip()
+    if "Traceback (most recent call last)" in text:
+        return lines[-1]
+    return next((line for line in lines if "Error" in line or "Exception" in line), lines[0])
