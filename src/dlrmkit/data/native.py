@@ -26,6 +26,9 @@ _SIGNATURES = {
     "dlrmkit_map_lookup": (None, [_P, _P, _I64, _I64, _I64, _P, _I64]),
     "dlrmkit_map_items": (None, [_P, _P, _P]),
     "dlrmkit_map_insert": (_I32, [_P, _P, _P, _I64]),
+    "dlrmkit_map_capacity": (_I64, [_P]),
+    "dlrmkit_map_export": (None, [_P, _P]),
+    "dlrmkit_flat_lookup": (None, [_P, _I64, _P, _I64, _I64, _I64, _P, _I64]),
 }
 
 
@@ -117,3 +120,90 @@ class NativeMap:
         k, v = np.ascontiguousarray(keys, dtype=np.uint32), np.ascontiguousarray(values, dtype=np.int64)
         if not self.lib.dlrmkit_map_insert(self.handle, k.ctypes.data, v.ctypes.data, k.size):
             raise MemoryError("out of memory growing a vocabulary map")
+
+
+FLAT_EMPTY = np.uint32(0xFFFFFFFF)
+_FIBONACCI = np.uint64(0x9E3779B97F4A7C15)
+
+
+class FlatTable:
+    """A read-only map from uint32 values to indices as one flat array of (key, value) slots, the C
+    map's hashing and linear probing: saved to a file, it is mapped by many processes at once (the
+    Spark engine's write tasks share one copy per machine through the page cache). Lookups run in
+    C where the helpers are compiled, else in numpy, with the same results."""
+
+    def __init__(self, slots: np.ndarray, size: int):
+        self.slots, self.size = slots, size
+        self.capacity = slots.size // 2
+
+    def __len__(self) -> int:
+        return self.size
+
+    @classmethod
+    def build(cls, keys: np.ndarray, values: np.ndarray) -> "FlatTable":
+        """The table of distinct ``keys`` (below 2^32) and their ``values`` (below 2^31)."""
+        lib = library()
+        if lib is not None:
+            native = NativeMap(lib, keys.size)  # sized up front: no growth, capacity as below
+            native.insert(keys, values)
+            slots = np.empty(2 * native.lib.dlrmkit_map_capacity(native.handle), dtype=np.uint32)
+            native.lib.dlrmkit_map_export(native.handle, slots.ctypes.data)
+            return cls(slots, keys.size)
+        bits = max(4, int(2 * keys.size - 1).bit_length())  # capacity >= 2 x entries, as the C map's
+        slots = np.zeros(2 << bits, dtype=np.uint32)
+        slots[1::2] = FLAT_EMPTY
+        keys, values = keys.astype(np.uint32), values.astype(np.uint32)
+        slot = _home(keys, bits)
+        todo = np.arange(keys.size)
+        while todo.size:  # each round, one key takes each free slot aimed at; the rest probe on
+            aim = slot[todo]
+            free = slots[2 * aim + 1] == FLAT_EMPTY
+            _, first = np.unique(aim[free], return_index=True)
+            won = todo[free][first]
+            slots[2 * slot[won]], slots[2 * slot[won] + 1] = keys[won], values[won]
+            placed = np.zeros(keys.size, dtype=bool)
+            placed[won] = True
+            todo = todo[~placed[todo]]
+            slot[todo] = (slot[todo] + 1) & np.uint64((1 << bits) - 1)
+        return cls(slots, keys.size)
+
+    def save(self, path) -> None:
+        np.save(path, self.slots)
+
+    @classmethod
+    def open(cls, path, size: int) -> "FlatTable":
+        """The table saved at ``path`` (``size`` entries), memory-mapped read-only."""
+        return cls(np.load(path, mmap_mode="r"), size)
+
+    def lookup(self, column: np.ndarray, missing: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Each value's index, or ``missing`` (into the int32 column ``out`` when given)."""
+        lib = library()
+        if lib is not None:
+            v, stride = _u32(column)
+            out, out_stride = _i32_out(v.size, out)
+            lib.dlrmkit_flat_lookup(self.slots.ctypes.data, self.capacity, v.ctypes.data, v.size, stride, missing,
+                                    out.ctypes.data, out_stride)
+            return out
+        bits = self.capacity.bit_length() - 1
+        keys = np.asarray(column, dtype=np.uint32)
+        found = np.full(keys.size, missing, dtype=np.int64)
+        slot = _home(keys, bits)
+        todo = np.arange(keys.size)
+        while todo.size:
+            aim = slot[todo]
+            key, value = self.slots[2 * aim], self.slots[2 * aim + 1]
+            hit = (value != FLAT_EMPTY) & (key == keys[todo])
+            found[todo[hit]] = value[hit]
+            more = (value != FLAT_EMPTY) & ~hit
+            todo = todo[more]
+            slot[todo] = (aim[more] + 1) & np.uint64(self.capacity - 1)
+        if out is None:
+            return found.astype(np.int32)
+        out[:] = found
+        return out
+
+
+def _home(keys: np.ndarray, bits: int) -> np.ndarray:
+    """Each key's first slot: Fibonacci hashing, as in criteo_parse.c."""
+    with np.errstate(over="ignore"):
+        return (keys.astype(np.uint64) * _FIBONACCI) >> np.uint64(64 - bits)

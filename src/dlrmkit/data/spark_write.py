@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from dlrmkit.config import NUM_SPARSE, PreprocessConfig
-from dlrmkit.data.native import NativeMap
+from dlrmkit.data.native import FlatTable
 from dlrmkit.data.preprocess import capped_values, keep_mask
 from dlrmkit.data.stage import stage_layout
-from dlrmkit.data.vocab import FrequencyVocab, SortedDict
 
 SPLIT_ORDER = ("train", "test", "val")  # global row order: the last day is cut test half, then val half
 
@@ -51,19 +50,15 @@ def write_on_spark(spark, cfg: PreprocessConfig, stages: list[Path], stage_rows:
     for split in SPLIT_ORDER:
         writer.preallocate(split, totals[split])
     dropped = (ranges["train"][1] - ranges["train"][0]) - totals["train"]
-    lookup = None
-    if vocabs is not None:
-        lookup = spark.sparkContext.broadcast(_vocab_arrays(cfg, vocabs))
+    tables = None if vocabs is None else _save_tables(cfg, vocabs, Path(writer.path) / ".stage" / "spark" / "vocab")
     rows = [task + (json.dumps(off),) for task, off in zip(tasks, offsets)]
     df = spark.createDataFrame(rows, schema + ", offsets string")
     df = df.repartition(max(1, len(rows)))
     out = str(writer.path)
     token = f"{os.getpid()}-{time.time_ns()}"  # names this run's dictionaries in the workers' cache
-    counted = df.mapInArrow(lambda b: _write_batches(cfg, out, ranges, lookup, token, b),
+    counted = df.mapInArrow(lambda b: _write_batches(cfg, out, ranges, tables, token, b),
                             "col int, idx long, n long")
     table = counted.groupBy("col", "idx").agg(F.sum("n").alias("n")).toArrow()
-    if lookup is not None:
-        lookup.unpersist()
     cols, idx, n = (table.column(c).to_numpy() for c in ("col", "idx", "n"))
     sizes = [cfg.max_index_range] * NUM_SPARSE if vocabs is None else [v.size() for v in vocabs]
     counts = [np.zeros(size, dtype=np.int64) for size in sizes]
@@ -73,36 +68,30 @@ def write_on_spark(spark, cfg: PreprocessConfig, stages: list[Path], stage_rows:
     return counts, int(dropped)
 
 
-_EXECUTOR_VOCABS: dict = {}  # run token -> lookup tables, built once per Python worker
+_EXECUTOR_VOCABS: dict = {}  # run token -> the tables, opened once per Python worker
 
 
-def _executor_vocab(lookup, token: str) -> list[FrequencyVocab]:
-    """Per column a value -> row index map from the broadcast arrays, with the local engine's
-    lookup (`FrequencyVocab.apply`: C hash maps where the compiled helpers load, else sorted
-    keys; values not in it get the index len(map), frequency's shared last row)."""
+def _save_tables(cfg: PreprocessConfig, vocabs: list, root: Path) -> list[tuple[str, int]]:
+    """Each column's dictionary as a FlatTable file under ``root`` (on the file system every executor
+    sees): the write tasks map these files, so a machine holds one copy in its page cache however
+    many Python workers it runs. (path, entries) per column."""
+    root.mkdir(parents=True, exist_ok=True)
+    tables = []
+    for j, v in enumerate(vocabs):
+        values = v.values_by_index if cfg.vocab == "frequency" else v.values_in_index_order()
+        path = root / f"C{j + 1}.npy"
+        FlatTable.build(values, np.arange(values.size)).save(path)
+        tables.append((str(path), int(values.size)))
+    return tables
+
+
+def _executor_vocab(tables: list[tuple[str, int]], token: str) -> list[FlatTable]:
+    """The dictionaries, memory-mapped; a value not in one gets the index len(table) (frequency's
+    shared last row), as the local engine's `FrequencyVocab.apply` gives it."""
     if token not in _EXECUTOR_VOCABS:
         _EXECUTOR_VOCABS.clear()
-        tables = []
-        for keys, rows in lookup.value:
-            table = NativeMap.create()
-            if table is not None:
-                table.insert(keys, rows.astype(np.int64))
-            else:
-                table = SortedDict()
-                table.keys, table.values = keys, rows.astype(np.int64)
-            tables.append(FrequencyVocab(table, keys, None))
-        _EXECUTOR_VOCABS[token] = tables
+        _EXECUTOR_VOCABS[token] = [FlatTable.open(path, size) for path, size in tables]
     return _EXECUTOR_VOCABS[token]
-
-
-def _vocab_arrays(cfg: PreprocessConfig, vocabs: list) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per column (sorted values, their row index)."""
-    out = []
-    for v in vocabs:
-        values = v.values_by_index if cfg.vocab == "frequency" else v.values_in_index_order()
-        order = np.argsort(values, kind="stable")
-        out.append((values[order].astype(np.uint64), order.astype(np.int32)))
-    return out
 
 
 def _kept_batches(cfg: PreprocessConfig, train: tuple[int, int], batches):
@@ -122,14 +111,14 @@ def _kept_batches(cfg: PreprocessConfig, train: tuple[int, int], batches):
         yield pa.RecordBatch.from_pydict({"lo": los, "kept": kept})
 
 
-def _write_batches(cfg: PreprocessConfig, out: str, ranges: dict, lookup, token: str, batches):
+def _write_batches(cfg: PreprocessConfig, out: str, ranges: dict, tables, token: str, batches):
     """Executor side: index one staged split's rows and write them at their offsets in each split."""
     import pyarrow as pa
 
     from dlrmkit.data.transforms import log1p_dense
 
     layout = stage_layout(cfg)[1]
-    vocab = None if lookup is None else _executor_vocab(lookup, token)
+    vocab = None if tables is None else _executor_vocab(tables, token)
     for batch in batches:
         for stage, start, n, c_lo, c_hi, offsets in zip(*(batch.column(i).to_pylist() for i in range(6))):
             offsets = json.loads(offsets)
@@ -153,7 +142,7 @@ def _write_batches(cfg: PreprocessConfig, out: str, ranges: dict, lookup, token:
                     values = capped_values(sparse, cfg.max_index_range)
                     index = np.empty(values.shape, dtype=np.int32)
                     for j, table in enumerate(vocab):
-                        table.apply(values[:, j], index[:, j])
+                        table.lookup(values[:, j], len(table), index[:, j])
                     dense = log1p_dense(dense)
                 _write_rows(Path(out) / split, offsets[split], label, dense, index)
                 if split == "train":

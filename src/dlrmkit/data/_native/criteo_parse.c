@@ -218,6 +218,35 @@ int dlrmkit_map_insert(void *p, const uint32_t *keys, const int64_t *vals, int64
     return 1;
 }
 
+/* The map as a flat, read-only table that many processes can share by mapping one file: slot i is
+ * (key, value) at slots[2i], slots[2i + 1]; the value 0xFFFFFFFF marks an empty slot. Same hashing
+ * and probing as the map; cap (a power of two) is its capacity. */
+#define FLAT_EMPTY 0xFFFFFFFFu
+
+int64_t dlrmkit_map_capacity(void *p) { return ((Map *)p)->cap; }
+
+void dlrmkit_map_export(void *p, uint32_t *slots) {
+    Map *m = p;
+    for (int64_t i = 0; i < m->cap; i++) {
+        slots[2 * i] = m->used[i] ? m->keys[i] : 0;
+        slots[2 * i + 1] = m->used[i] ? (uint32_t)m->vals[i] : FLAT_EMPTY;
+    }
+}
+
+/* out[r] = the value's number in the flat table, or `missing` when absent. */
+void dlrmkit_flat_lookup(const uint32_t *slots, int64_t cap, const uint32_t *col, int64_t n, int64_t stride,
+                         int64_t missing, int32_t *out, int64_t out_stride) {
+    int bits = 4;
+    while ((1ll << bits) < cap) bits++;
+    const uint64_t mask = (uint64_t)cap - 1;
+    for (int64_t r = 0; r < n; r++) {
+        uint32_t key = col[r * stride];
+        uint64_t h = ((uint64_t)key * 0x9E3779B97F4A7C15ull) >> (64 - bits);
+        while (slots[2 * h + 1] != FLAT_EMPTY && slots[2 * h] != key) h = (h + 1) & mask;
+        out[r * out_stride] = slots[2 * h + 1] != FLAT_EMPTY ? (int32_t)slots[2 * h + 1] : (int32_t)missing;
+    }
+}
+
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_criteo_parse", "C fast path (see criteo_parse.c)", -1, NULL};
 
 PyMODINIT_FUNC PyInit__criteo_parse(void) { return PyModule_Create(&module); }
