@@ -321,3 +321,26 @@ def test_plain_text_named_gz_is_explained(tmp_path):
     with pytest.raises(DatasetError, match=r"day_1\.gz: the gzip stream is corrupt \(not a gzip file, or not from "
                                            r"its first byte on: Spark reads a file named \.gz as gzip"):
         preprocess_spark(cfg, tmp_path / "spark", OPTIONS, progress=False)
+
+
+def test_driver_result_limit_lifted_and_a_failing_job_named(tmp_path, kaggle_file):
+    """The dictionaries and counts come to the driver whole (about 4 GB each for Terabyte), so
+    Spark's 1 GB result limit is lifted; a limit set with --spark-conf still applies, and the
+    vocabulary job that breaks it fails in one line that names the job and the setting."""
+    cfg = PreprocessConfig(dataset="kaggle", inputs=(str(kaggle_file),), vocab="frequency")
+    assert spark_session(OPTIONS).sparkContext.getConf().get("spark.driver.maxResultSize") == "0"
+    tight = SparkOptions(OPTIONS.master, None, OPTIONS.conf + (("spark.driver.maxResultSize", "16k"),))
+    with pytest.raises(EngineError, match=r"the Spark vocabulary job failed: .*spark\.driver\.maxResultSize"):
+        preprocess_spark(cfg, tmp_path / "out", tight, progress=False)
+    assert spark_session(OPTIONS).sparkContext.getConf().get("spark.driver.maxResultSize") == "0"  # restarted
+
+
+def test_executor_python_that_does_not_run_is_named(tmp_path, kaggle_file):
+    """spark.pyspark.python naming no program: the executor check fails first, naming that Python."""
+    cfg = PreprocessConfig(dataset="kaggle", inputs=(str(kaggle_file),), vocab="reference")
+    missing = tmp_path / "no-such-python"
+    options = SparkOptions(OPTIONS.master, None, OPTIONS.conf + (("spark.pyspark.python", str(missing)),))
+    with pytest.raises(EngineError, match=rf"the executor check job failed: .+\. The executors' Python is {missing}: "
+                                          r"name one that has 'dlrmkit\[spark\]'"):
+        preprocess_spark(cfg, tmp_path / "out", options, progress=False)
+    assert not (tmp_path / "out" / "metadata.json").exists()

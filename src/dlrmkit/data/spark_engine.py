@@ -242,7 +242,10 @@ def preprocess_spark(cfg: PreprocessConfig, out: str | os.PathLike, options: Spa
     if cfg.vocab in ("frequency", "reference"):
         t_vocab = time.perf_counter()
         _, ranges = cut_days(cfg, [i.rows for i in infos])
-        vocabs, engine["vocab_shuffle_records"] = build_vocabs(spark, cfg, stages, stage_rows, ranges["train"])
+        try:
+            vocabs, engine["vocab_shuffle_records"] = build_vocabs(spark, cfg, stages, stage_rows, ranges["train"])
+        except Exception as e:  # py4j errors: one line, as for the parse job
+            raise EngineError(f"the Spark vocabulary job failed: {root_cause(e)}") from None
         engine["vocab_seconds"] = time.perf_counter() - t_vocab
         if progress:
             print(f"preprocess [vocabularies on Spark]: {sum(v.size() for v in vocabs):,} table rows in "
@@ -251,7 +254,10 @@ def preprocess_spark(cfg: PreprocessConfig, out: str | os.PathLike, options: Spa
 
     def write(ranges, vocabs, writer, bar):
         t_write = time.perf_counter()
-        result = write_on_spark(spark, cfg, stages, stage_rows, ranges, vocabs, writer, options.write_task_rows)
+        try:
+            result = write_on_spark(spark, cfg, stages, stage_rows, ranges, vocabs, writer, options.write_task_rows)
+        except Exception as e:
+            raise EngineError(f"the Spark write job failed: {root_cause(e)}") from None
         engine["write_seconds"] = time.perf_counter() - t_write
         bar.update(sum(stage_rows))
         return result

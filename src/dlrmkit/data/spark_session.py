@@ -54,7 +54,7 @@ def spark_session(options: SparkOptions):
     Executors run Python workers with ``spark.pyspark.python`` when given in ``options.conf``, else
     ``PYSPARK_PYTHON``, else this interpreter (so a virtual environment on a shared file system
     works as it is); `check_executors` then proves they can run dlrmkit. A running session for
-    another master or Python is stopped first (Spark keeps one per process)."""
+    another master, Python or setting is stopped first (Spark keeps one per process)."""
     try:
         from pyspark.sql import SparkSession
     except ImportError:
@@ -62,13 +62,18 @@ def spark_session(options: SparkOptions):
                           "pyspark`), or use --engine local") from None
     check_java()
     python = dict(options.conf).get("spark.pyspark.python") or os.environ.get("PYSPARK_PYTHON") or sys.executable
+    conf = {"spark.sql.execution.arrow.maxRecordsPerBatch": "65536",
+            # the dictionaries and the training counts come to the driver whole: for Terabyte about
+            # 4 GB each, over Spark's default limit of 1 GB (--spark-conf may set one)
+            "spark.driver.maxResultSize": "0", **dict(options.conf)}
     running = SparkSession.getActiveSession()
-    if running is not None and (running.sparkContext.master != options.master
-                                or running.sparkContext.pythonExec != python):
-        running.stop()
-    builder = (SparkSession.builder.master(options.master).appName("dlrmkit preprocess")
-               .config("spark.sql.execution.arrow.maxRecordsPerBatch", "65536"))
-    for key, value in options.conf:
+    if running is not None:
+        have = running.sparkContext.getConf()
+        if (running.sparkContext.master != options.master or running.sparkContext.pythonExec != python
+                or any(have.get(key, None) != value for key, value in conf.items())):
+            running.stop()
+    builder = SparkSession.builder.master(options.master).appName("dlrmkit preprocess")
+    for key, value in conf.items():
         builder = builder.config(key, value)
     before = os.environ.get("PYSPARK_PYTHON")
     os.environ["PYSPARK_PYTHON"] = python  # PySpark reads it when the context starts, not the conf
@@ -146,8 +151,9 @@ def _probe(spark, token: str) -> list[tuple[str, str, str, bool]]:
         return sc.parallelize(range(tasks), tasks).mapPartitions(probe).collect()
     except Exception as e:
         cause = re.sub(r"^java\.io\.IOException: ", "", root_cause(e))
-        raise EngineError(f"the executors could not run Python ({sc.pythonExec}): {cause}. Name a Python "
-                          f"that has 'dlrmkit[spark]' with --spark-conf spark.pyspark.python=PATH") from None
+        hint = (f" The executors' Python is {sc.pythonExec}: name one that has 'dlrmkit[spark]' with --spark-conf "
+                f"spark.pyspark.python=PATH" if re.search(r"Cannot run program|error=\d+|[Pp]ython", cause) else "")
+        raise EngineError(f"the executor check job failed: {cause}.{hint}") from None
 
 
 def root_cause(e: Exception) -> str:

@@ -11,6 +11,7 @@ from dlrmkit.config import NUM_SPARSE, PreprocessConfig
 from dlrmkit.data.preprocess import capped_values, keep_mask
 from dlrmkit.data.vocab import FirstAppearance, FrequencyVocab
 
+
 def build_vocabs(spark, cfg: PreprocessConfig, stages: list[Path], stage_rows: list[int],
                  train: tuple[int, int]) -> tuple[list, int]:
     """The 26 vocabularies as Spark aggregations over the staged rows: each task reduces its
