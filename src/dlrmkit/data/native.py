@@ -121,6 +121,12 @@ class NativeMap:
         if not self.lib.dlrmkit_map_insert(self.handle, k.ctypes.data, v.ctypes.data, k.size):
             raise MemoryError("out of memory growing a vocabulary map")
 
+    def slots(self) -> np.ndarray:
+        """The map's slots as a `FlatTable` holds them: (key, value) pairs, FLAT_EMPTY where empty."""
+        out = np.empty(2 * self.lib.dlrmkit_map_capacity(self.handle), dtype=np.uint32)
+        self.lib.dlrmkit_map_export(self.handle, out.ctypes.data)
+        return out
+
 
 FLAT_EMPTY = np.uint32(0xFFFFFFFF)
 _FIBONACCI = np.uint64(0x9E3779B97F4A7C15)
@@ -146,9 +152,7 @@ class FlatTable:
         if lib is not None:
             native = NativeMap(lib, keys.size)  # sized up front: no growth, capacity as below
             native.insert(keys, values)
-            slots = np.empty(2 * native.lib.dlrmkit_map_capacity(native.handle), dtype=np.uint32)
-            native.lib.dlrmkit_map_export(native.handle, slots.ctypes.data)
-            return cls(slots, keys.size)
+            return cls(native.slots(), keys.size)
         bits = max(4, int(2 * keys.size - 1).bit_length())  # capacity >= 2 x entries, as the C map's
         slots = np.zeros(2 << bits, dtype=np.uint32)
         slots[1::2] = FLAT_EMPTY
