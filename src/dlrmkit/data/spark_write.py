@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from dlrmkit.config import NUM_SPARSE, PreprocessConfig
-from dlrmkit.data.native import FlatTable
+from dlrmkit.data.native import FlatTable, NativeMap
 from dlrmkit.data.preprocess import capped_values, keep_mask
 from dlrmkit.data.stage import stage_layout
 
@@ -78,10 +78,15 @@ def _save_tables(cfg: PreprocessConfig, vocabs: list, root: Path) -> list[tuple[
     root.mkdir(parents=True, exist_ok=True)
     tables = []
     for j, v in enumerate(vocabs):
-        values = v.values_by_index if cfg.vocab == "frequency" else v.values_in_index_order()
+        native = v.vocab if cfg.vocab == "frequency" else v.native  # the driver's C map, value -> index
+        if isinstance(native, NativeMap):
+            table = FlatTable(native.slots(), len(native))
+        else:
+            values = v.values_by_index if cfg.vocab == "frequency" else v.values_in_index_order()
+            table = FlatTable.build(values, np.arange(values.size))
         path = root / f"C{j + 1}.npy"
-        FlatTable.build(values, np.arange(values.size)).save(path)
-        tables.append((str(path), int(values.size)))
+        table.save(path)
+        tables.append((str(path), len(table)))
     return tables
 
 
