@@ -87,7 +87,9 @@ def _add_preprocess(sub) -> None:
     p.add_argument("--max-ind-range", type=_positive_int, help="values mod N (the table size for hash)")
     p.add_argument("--frequency-threshold", type=_positive_int, default=1,
                    help="frequency: values seen fewer times share one row")
-    p.add_argument("--on-bad-line", choices=("error", "skip"), default="error")
+    p.add_argument("--on-bad-line", choices=("error", "skip"), default="error",
+                   help="error: stop at the first bad line, naming file and line; skip: count each kind in "
+                        "metadata.json and go on (a gzip file cut short keeps its complete lines)")
     p.add_argument("--sub-sample-rate", type=float, default=0.0, help="drop this fraction of negative train rows")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=_positive_int, default=2)
@@ -97,8 +99,9 @@ def _add_preprocess(sub) -> None:
     p.add_argument("--quiet", action="store_true")
     g = p.add_argument_group("engine")
     g.add_argument("--engine", choices=("local", "spark"), default="local",
-                   help="local: this machine's processes (--workers); spark: parse on Apache Spark "
-                        "(inputs may be any Hadoop file system URI; OUT must be seen by every executor)")
+                   help="local: this machine's processes (--workers); spark: parse, count and write on "
+                        "Apache Spark's executors (docs/spark.md; inputs may be any Hadoop file system URI; "
+                        "OUT must be a directory every executor sees)")
     g.add_argument("--spark-master", default="local[*]",
                    help="local[N], spark://HOST:PORT, yarn, k8s://... (default local[*])")
     g.add_argument("--spark-partitions", type=_positive_int,
