@@ -73,8 +73,9 @@ def cluster(tmp_path_factory):
                   "127.0.0.1", "--cores", "2", "--memory", "2g", "--webui-port", str(_free_port()),
                   "--work-dir", str(root / "work")]
     unshare = shutil.which("unshare")
-    namespaced = unshare is not None and subprocess.run(
-        [unshare, "--mount", "--propagation", "private", "true"], capture_output=True).returncode == 0
+    namespaced = unshare is not None and subprocess.run(  # the same mount, in a namespace thrown away
+        [unshare, "--mount", "--propagation", "private", "mount", "-t", "tmpfs", "none", str(hidden)],
+        capture_output=True).returncode == 0
     if namespaced:  # the worker and its executors see an empty tmpfs where `hidden` is
         worker_cmd = [unshare, "--mount", "--propagation", "private", "sh", "-c",
                       f'mount -t tmpfs none "{hidden}" && exec "$@"', "sh"] + worker_cmd
@@ -131,7 +132,8 @@ def test_out_the_executors_do_not_see_is_refused(tmp_path, cluster):
     executors writing into directories of their own that the driver never reads."""
     master, hidden = cluster
     if hidden is None:
-        pytest.skip("`unshare --mount` is not permitted here, so no directory can be hidden from the worker")
+        pytest.skip("`unshare --mount` with a tmpfs mount is not permitted here, so no directory can be hidden "
+                    "from the worker")
     src = tmp_path / "train.txt"
     src.write_text("0" + "\t" * 39 + "\n")
     cfg = PreprocessConfig(dataset="kaggle", inputs=(str(src),), vocab="reference")
