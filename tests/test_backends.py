@@ -15,6 +15,7 @@ from dlrmkit.data import synth
 from dlrmkit.data.dataset import Dataset
 from dlrmkit.errors import ConfigError
 from dlrmkit.infer import TorchPredictor
+from dlrmkit.infer.backend import compiled_pairs
 from dlrmkit.infer.quantize import quantize_model
 from dlrmkit.model import build_model
 
@@ -69,6 +70,27 @@ def test_torch_compile_equals_eager(precision):
     # bf16 kernels may fuse differently when compiled: one bf16 rounding step of the logit
     tolerance = 1e-6 if precision.mlp == "fp32" else 1e-2
     np.testing.assert_allclose(compiled(dense, sparse), eager(dense, sparse), rtol=0, atol=tolerance)
+
+
+def test_compiled_calls_run_on_few_shapes():
+    """Chunked calls (CPU) run on the chunk size; unsplit calls (accelerators) on powers of two."""
+    assert [compiled_pairs(n, 2048) for n in (1, 270, 2048)] == [2048, 2048, 2048]
+    assert [compiled_pairs(n, 1024) for n in (1, 1024)] == [1024, 1024]
+    assert [compiled_pairs(n, None) for n in (1, 270, 4096, 4097, 35_000, 90_000)] == \
+        [4096, 4096, 4096, 8192, 65536, 131072]
+    # the sizes LoadGen sends (1 to 128 samples of up to 700 pairs) fit dynamo's 8 recompiles
+    assert len({compiled_pairs(n, None) for n in range(1, 128 * 700 + 1, 97)}) <= 6
+
+
+def test_torch_compile_unsplit_calls_equal_eager():
+    """Calls not split into chunks (the accelerator default) are padded to a bucket, not beyond."""
+    cfg = preset("tiny", (50, 7, 300, 2) * 6 + (11, 3))
+    model = build_model(cfg, seed=3, sparse_grad=False)
+    eager = TorchPredictor(model, max_pairs_per_call=1 << 62)
+    compiled = TorchPredictor(model, max_pairs_per_call=1 << 62, compile=True)
+    for pairs in (300, 5000):
+        dense, sparse = _inputs(cfg, pairs, seed=pairs)
+        np.testing.assert_allclose(compiled(dense, sparse), eager(dense, sparse), rtol=0, atol=1e-6)
 
 
 @pytest.fixture(scope="module")

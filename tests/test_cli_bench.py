@@ -189,6 +189,16 @@ def test_find_peak_performance_needs_server(setup, tmp_path, capsys):
     assert "Server" in _one_error_line(capsys.readouterr().err, "bench")
 
 
+@pytest.mark.parametrize("device, says", [("gpu", "is not a torch device"), ("cuda:7", "cuda")])
+def test_unavailable_device_is_named(setup, tmp_path, capsys, device, says):
+    if device.startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    assert _bench(setup, tmp_path / "out", *FAST, "--device", device) == 1
+    line = _one_error_line(capsys.readouterr().err, "bench")
+    assert f"device {device!r}" in line and says in line
+    assert not (tmp_path / "out").exists()
+
+
 def test_malformed_user_conf(setup, tmp_path, capsys):
     user = tmp_path / "user.conf"
     user.write_text("# tuned for this machine\ndlrm.Offline.target_qps 5000\n")

@@ -149,6 +149,7 @@ def run_bench(args) -> int:
     from dlrmkit.bench.run import run_benchmark
     from dlrmkit.data.dataset import Dataset
     from dlrmkit.infer import LazyPredictor, TorchPredictor
+    from dlrmkit.infer.backend import torch_device
     from dlrmkit.infer.quantize import embedding_bytes, load_for_inference, quantize_model
     from dlrmkit.train.loop import check_tables
 
@@ -157,6 +158,7 @@ def run_bench(args) -> int:
     except argparse.ArgumentTypeError as e:
         raise ConfigError(str(e)) from None
     aggregation = aggregation_from_args(args, PROFILES.get(args.profile, {}))
+    torch_device(args.device)  # before loading anything
     # SUT workers share the cores: each gets its share of torch threads unless told otherwise
     torch.set_num_threads(args.intra_op_threads or max(1, (os.cpu_count() or 1) // args.threads))
     dataset = Dataset(args.data)
