@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     for shape in args.shapes.split(","):
         results["speed"] += speed(shape, args.rows_per_table, args.batch_size, args.steps, args.repeats,
                                   args.device)
+        save(results, args.json)  # each shape as it is done: a run cut short keeps what it measured
     if args.checkpoint and args.data:
         print(f"\nAUC on the test split of {args.data} ({args.checkpoint})")
         print("| tables | MLPs | AUC | of FP32 |")
@@ -166,10 +167,14 @@ def main(argv: list[str] | None = None) -> int:
         print("| tables / MLPs | layout | pairs/s |")
         print("|---|---|---|")
         results["placement"] = placement(args.placement_data)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    save(results, args.json)
     return 0
+
+
+def save(results: dict, path: str | None) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(results, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -8,15 +8,16 @@ import json
 import numpy as np
 import pytest
 
+from dlrmkit.bench.run import run_benchmark
 from dlrmkit.checkpoint import save_checkpoint
 from dlrmkit.cli import main
-from dlrmkit.config import Precision, SynthConfig, preset
+from dlrmkit.config import AggregationConfig, BenchConfig, Precision, SynthConfig, preset
 from dlrmkit.data import synth
 from dlrmkit.data.dataset import Dataset
 from dlrmkit.errors import ConfigError
 from dlrmkit.infer import TorchPredictor
 from dlrmkit.infer.backend import compiled_pairs
-from dlrmkit.infer.quantize import quantize_model
+from dlrmkit.infer.quantize import load_for_inference, quantize_model
 from dlrmkit.model import build_model
 
 pytest.importorskip("onnxruntime", reason="the onnx extra (onnx, onnxruntime) is not installed")
@@ -73,13 +74,18 @@ def test_torch_compile_equals_eager(precision):
 
 
 def test_compiled_calls_run_on_few_shapes():
-    """Chunked calls (CPU) run on the chunk size; unsplit calls (accelerators) on powers of two."""
-    assert [compiled_pairs(n, 2048) for n in (1, 270, 2048)] == [2048, 2048, 2048]
-    assert [compiled_pairs(n, 1024) for n in (1, 1024)] == [1024, 1024]
+    """Calls run on powers of two (from 1/8 of the chunk, 256 to 4096) or the chunk size: at most
+    4 shapes for chunks up to 32k pairs (CPU), 6 for the query sizes LoadGen sends unsplit."""
+    assert [compiled_pairs(n, 2048) for n in (1, 256, 270, 700, 1025, 2048)] == [256, 256, 512, 1024, 2048, 2048]
+    assert [compiled_pairs(n, 3000) for n in (1, 2049, 3000)] == [512, 3000, 3000]
+    assert [compiled_pairs(n, 65536) for n in (1, 9000)] == [4096, 16384]
+    assert compiled_pairs(5000, 1 << 62) == compiled_pairs(5000, None) == 8192
     assert [compiled_pairs(n, None) for n in (1, 270, 4096, 4097, 35_000, 90_000)] == \
         [4096, 4096, 4096, 8192, 65536, 131072]
     # the sizes LoadGen sends (1 to 128 samples of up to 700 pairs) fit dynamo's 8 recompiles
     assert len({compiled_pairs(n, None) for n in range(1, 128 * 700 + 1, 97)}) <= 6
+    for chunk in (1000, 2048, 3000, 32768):
+        assert len({compiled_pairs(n, chunk) for n in range(1, chunk + 1)}) <= 4
 
 
 def test_torch_compile_unsplit_calls_equal_eager():
@@ -100,6 +106,24 @@ def bench_setup(tmp_path_factory):
     cfg = preset("tiny", Dataset(root / "data").table_sizes)
     checkpoint = save_checkpoint(root / "tiny.pt", build_model(cfg, seed=0), cfg)
     return root / "data", checkpoint
+
+
+@pytest.mark.parametrize("scenario", ["Offline", "Server"])
+def test_loadgen_runs_compile_nothing_after_the_warm_up(bench_setup, tmp_path, scenario):
+    """Every call size the SUT sends was compiled before LoadGen started: no compiling inside a
+    timed run, nor in several SUT threads at once."""
+    data, checkpoint = bench_setup
+    model = load_for_inference(checkpoint)[0]
+    predict = TorchPredictor(model, compile=True)
+    warmed: list[set[int]] = []
+    warm_up = predict.warm_up
+    predict.warm_up = lambda *args: (warm_up(*args), warmed.append(set(predict.compiled_shapes)))
+    cfg = BenchConfig(scenario=scenario, duration_ms=1000, fast=True, threads=2, max_batchsize=16)
+    result = run_benchmark(predict, Dataset(data).split("test"), cfg, AggregationConfig(fix=40), tmp_path,
+                           plots=False, log=lambda _: None)
+    assert result["result_validity"] in ("VALID", "INVALID")
+    assert warmed == [{256, 512, 1024}]  # 16 samples of 40 pairs: up to 640 pairs a call
+    assert predict.compiled_shapes == warmed[0]
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch-compile", "torch"])
