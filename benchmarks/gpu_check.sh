@@ -39,7 +39,7 @@ export PYTHONPATH="$PWD/src:$PWD/benchmarks${site:+:$site}${PYTHONPATH:+:$PYTHON
 "$py" -c "import mlperf_loadgen; print('loadgen', mlperf_loadgen.__file__)" 2>&1 | tail -1 | tee -a "$out/device.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null | tee -a "$out/device.txt"
 
-timeout "${TEST_SECONDS:-330}" "$py" -m pytest -q -ra -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$out/test_gpu.log"
+timeout "${TEST_SECONDS:-330}" "$py" -m pytest -v -ra --durations=0 -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$out/test_gpu.log"
 tests=$?
 timeout "${BENCH_SECONDS:-210}" "$py" benchmarks/bench_inference.py --device "$device" --shapes kaggle,terabyte \
   --rows-per-table "${ROWS:-1000000}" --batch-size "${BATCH:-65536}" --threads "$(nproc)" --steps 10 --repeats 3 \

@@ -1,5 +1,8 @@
-"""The inference paths on a CUDA device give the CPU's predictions. Runs where a GPU is present
-(the project's GPU machines); skipped elsewhere."""
+"""On a CUDA device: inference gives the CPU's predictions (eager and compiled, int8 tables, bf16
+MLPs, the hot tier), NCCL training follows one CPU process and resumes exactly, and `dlrmkit
+bench --device cuda` runs through LoadGen. Runs where a GPU is present (the project's GPU
+machines, `bash benchmarks/gpu_check.sh`); skipped elsewhere. Ordered so that a run cut short
+by its time limit has done the cheap checks first."""
 
 from __future__ import annotations
 
@@ -64,58 +67,6 @@ def test_cuda_hot_tier_with_cold_rows_in_host_memory(data, precision):
     np.testing.assert_allclose(predict(dense, predict.prepare(sparse)), want, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("precision", [Precision(), Precision("int8-rowwise", "bf16")])
-def test_cuda_torch_compile_matches_cpu(data, precision):
-    """Compiled on CUDA, unsplit calls of any size (padded to a few bucket sizes) give the CPU's."""
-    model = build_model(preset("tiny", data.table_sizes), seed=0, sparse_grad=False)
-    cpu = TorchPredictor(quantize_model(copy.deepcopy(model), precision), precision=precision)
-    gpu = TorchPredictor(quantize_model(copy.deepcopy(model), precision), device="cuda", precision=precision,
-                         compile=True)
-    assert gpu.max_pairs_per_call is None
-    tolerance = 1e-5 if precision.mlp == "fp32" else 2e-2
-    for pairs in (270, 5000):  # two compiled sizes, 4096 and 8192
-        dense, sparse = _inputs(data, pairs)
-        np.testing.assert_allclose(gpu(dense, sparse), cpu(dense, sparse), rtol=0, atol=tolerance)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(data, tmp_path_factory):
-    cfg = preset("tiny", data.table_sizes)
-    return save_checkpoint(tmp_path_factory.mktemp("gpu_ckpt") / "tiny.pt", build_model(cfg, seed=0), cfg)
-
-
-def _bench(data, checkpoint, out, *flags: str) -> dict:
-    pytest.importorskip("mlperf_loadgen", reason="MLPerf LoadGen is not installed (carry its wheel)")
-    rc = main(["bench", "--checkpoint", str(checkpoint), "--data", str(data.path), "--output", str(out), "--quiet",
-               "--no-plots", *flags])
-    assert rc == 0
-    return json.loads((out / "result.json").read_text())
-
-
-def test_bench_on_cuda_gives_the_cpu_auc(data, checkpoint, tmp_path):
-    """`dlrmkit bench --device cuda` through LoadGen: the same AUC as on CPU, eager and compiled."""
-    # batches of up to 4 samples (< 4096 pairs): the compiled model warms up on one size
-    accuracy = ("--accuracy", "--count-samples", "60", "--max-batchsize", "4", "--embeddings", "fp32", "--mlp", "fp32")
-    cpu = _bench(data, checkpoint, tmp_path / "cpu", *accuracy)
-    for backend in ("torch", "torch-compile"):
-        gpu = _bench(data, checkpoint, tmp_path / backend, *accuracy, "--device", "cuda", "--backend", backend)
-        assert gpu["roc_auc"] == pytest.approx(cpu["roc_auc"], abs=1e-6)
-
-
-@pytest.mark.parametrize("scenario", ["Offline", "Server"])
-def test_bench_default_precision_with_a_cuda_hot_tier(data, checkpoint, tmp_path, scenario):
-    """The `default` precision with hot rows on the GPU and cold rows in pinned host memory: the
-    accuracy run passes the 99% target, and a short performance run completes (SUT threads share
-    the device)."""
-    flags = ("--config-ver", "default", "--placement", "frequency", "--hot-fraction", "0.05", "--device", "cuda",
-             "--scenario", scenario)
-    accuracy = _bench(data, checkpoint, tmp_path / "accuracy", *flags, "--accuracy", "--count-samples", "60")
-    assert accuracy["accuracy_pass"] and accuracy["hot_fraction"] == 0.05
-    performance = _bench(data, checkpoint, tmp_path / "performance", *flags, "--fast", "--duration", "2000")
-    key = "result_samples_per_second" if scenario == "Offline" else "result_completed_samples_per_sec"
-    assert performance[key] > 0
-
-
 def _train_cli(data: Dataset, out, *flags: str, nproc: int | None = None) -> list[float]:
     args = [sys.executable, "-m", "dlrmkit", "train", "--data", str(data.path), "--out", str(out), "--preset", "tiny",
             "--batch-size", "2048", "--max-steps", "8", "--log-every", "1", "--optimizer", "adagrad", "--quiet", *flags]
@@ -163,3 +114,55 @@ def test_nccl_training_resumes_and_its_checkpoint_evaluates_on_cpu(data, tmp_pat
     on_cpu = json.loads((run / "eval.json").read_text())
     assert on_cpu["rows"] == on_gpu["rows"]
     assert on_cpu["auc"] == pytest.approx(on_gpu["auc"], abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(data, tmp_path_factory):
+    cfg = preset("tiny", data.table_sizes)
+    return save_checkpoint(tmp_path_factory.mktemp("gpu_ckpt") / "tiny.pt", build_model(cfg, seed=0), cfg)
+
+
+def _bench(data, checkpoint, out, *flags: str) -> dict:
+    pytest.importorskip("mlperf_loadgen", reason="MLPerf LoadGen is not installed (carry its wheel)")
+    rc = main(["bench", "--checkpoint", str(checkpoint), "--data", str(data.path), "--output", str(out), "--quiet",
+               "--no-plots", *flags])
+    assert rc == 0
+    return json.loads((out / "result.json").read_text())
+
+
+def test_bench_on_cuda_gives_the_cpu_auc(data, checkpoint, tmp_path):
+    """`dlrmkit bench --device cuda` through LoadGen: the same AUC as on CPU, eager and compiled."""
+    # batches of up to 4 samples (< 4096 pairs): the compiled model warms up on one size
+    accuracy = ("--accuracy", "--count-samples", "60", "--max-batchsize", "4", "--embeddings", "fp32", "--mlp", "fp32")
+    cpu = _bench(data, checkpoint, tmp_path / "cpu", *accuracy)
+    for backend in ("torch", "torch-compile"):
+        gpu = _bench(data, checkpoint, tmp_path / backend, *accuracy, "--device", "cuda", "--backend", backend)
+        assert gpu["roc_auc"] == pytest.approx(cpu["roc_auc"], abs=1e-6)
+
+
+@pytest.mark.parametrize("scenario", ["Offline", "Server"])
+def test_bench_default_precision_with_a_cuda_hot_tier(data, checkpoint, tmp_path, scenario):
+    """The `default` precision with hot rows on the GPU and cold rows in pinned host memory: the
+    accuracy run passes the 99% target, and a short performance run completes (SUT threads share
+    the device)."""
+    flags = ("--config-ver", "default", "--placement", "frequency", "--hot-fraction", "0.05", "--device", "cuda",
+             "--scenario", scenario)
+    accuracy = _bench(data, checkpoint, tmp_path / "accuracy", *flags, "--accuracy", "--count-samples", "60")
+    assert accuracy["accuracy_pass"] and accuracy["hot_fraction"] == 0.05
+    performance = _bench(data, checkpoint, tmp_path / "performance", *flags, "--fast", "--duration", "2000")
+    key = "result_samples_per_second" if scenario == "Offline" else "result_completed_samples_per_sec"
+    assert performance[key] > 0
+
+
+@pytest.mark.parametrize("precision", [Precision(), Precision("int8-rowwise", "bf16")])
+def test_cuda_torch_compile_matches_cpu(data, precision):
+    """Compiled on CUDA, unsplit calls of any size (padded to a few bucket sizes) give the CPU's."""
+    model = build_model(preset("tiny", data.table_sizes), seed=0, sparse_grad=False)
+    cpu = TorchPredictor(quantize_model(copy.deepcopy(model), precision), precision=precision)
+    gpu = TorchPredictor(quantize_model(copy.deepcopy(model), precision), device="cuda", precision=precision,
+                         compile=True)
+    assert gpu.max_pairs_per_call is None
+    tolerance = 1e-5 if precision.mlp == "fp32" else 2e-2
+    for pairs in (270, 5000):  # two compiled sizes, 4096 and 8192
+        dense, sparse = _inputs(data, pairs)
+        np.testing.assert_allclose(gpu(dense, sparse), cpu(dense, sparse), rtol=0, atol=tolerance)
