@@ -199,6 +199,18 @@ def test_unavailable_device_is_named(setup, tmp_path, capsys, device, says):
     assert not (tmp_path / "out").exists()
 
 
+def test_reference_harness_flag_names(setup, tmp_path, capsys):
+    """--model-path and --use-gpu, as the MLPerf harness spells them, mean --checkpoint and --device cuda."""
+    data, checkpoint, _ = setup
+    base = ["bench", "--data", str(data), *FP32, *FAST, "--count-samples", "8", "--quiet", "--no-plots"]
+    assert main([*base, "--model-path", str(checkpoint), "--output", str(tmp_path / "a")]) == 0
+    assert json.loads((tmp_path / "a" / "result.json").read_text())["checkpoint"] == str(checkpoint)
+    capsys.readouterr()
+    if not torch.cuda.is_available():
+        assert main([*base, "--model-path", str(checkpoint), "--output", str(tmp_path / "b"), "--use-gpu"]) == 1
+        assert "device 'cuda'" in _one_error_line(capsys.readouterr().err, "bench")
+
+
 def test_malformed_user_conf(setup, tmp_path, capsys):
     user = tmp_path / "user.conf"
     user.write_text("# tuned for this machine\ndlrm.Offline.target_qps 5000\n")

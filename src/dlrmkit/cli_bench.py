@@ -24,7 +24,8 @@ BACKENDS = ("torch", "torch-compile", "onnxruntime")
 
 def add_bench(sub, positive_int) -> None:
     p = sub.add_parser("bench", help="MLPerf LoadGen run of a checkpoint on a dataset's test split")
-    p.add_argument("--checkpoint", required=True, help="dlrmkit or DLRM-reference checkpoint")
+    p.add_argument("--checkpoint", "--model-path", required=True,
+                   help="dlrmkit or DLRM-reference checkpoint (--model-path: the reference harness's name)")
     p.add_argument("--data", required=True, help="dlrmkit dataset directory")
     p.add_argument("--split", default="test")
     p.add_argument("--output", required=True, help="directory for LoadGen's logs, result.json and plots")
@@ -39,7 +40,9 @@ def add_bench(sub, positive_int) -> None:
     p.add_argument("--threads", type=positive_int, default=1, help="SUT worker threads")
     p.add_argument("--intra-op-threads", type=positive_int,
                    help="torch threads (default: the cores divided among the SUT threads)")
-    p.add_argument("--device", default="cpu", help="torch device of the model (cpu, cuda)")
+    p.add_argument("--device", default="cpu", help="torch device of the model (cpu, cuda, cuda:N)")
+    p.add_argument("--use-gpu", dest="device", action="store_const", const="cuda",
+                   help="same as --device cuda (the reference harness's flag; CUDA_VISIBLE_DEVICES picks the GPU)")
     p.add_argument("--backend", choices=BACKENDS, default="torch",
                    help="torch: eager PyTorch; torch-compile: torch.compile (inductor); onnxruntime: the model "
                         "exported to OUTPUT/model.onnx, run by ONNX Runtime (FP32 only)")
