@@ -28,7 +28,7 @@ py=${PYTHON:-python3}
 device=${DEVICE:-cuda}
 mkdir -p "$out"
 site=
-if compgen -G ".whl/*.whl" >/dev/null; then
+if ! "$py" -c "import mlperf_loadgen" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
   site=/tmp/gpu_check_site
   "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl \
     || { echo "gpu_check: the carried wheels do not install"; exit 2; }

@@ -25,6 +25,7 @@ from dlrmkit.infer import TorchPredictor
 from dlrmkit.infer.placement import place_in_tiers
 from dlrmkit.infer.quantize import quantize_model
 from dlrmkit.model import build_model
+from dlrmkit.model.quantized import SCHEMES, quantize, unpack
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 
@@ -52,6 +53,18 @@ def test_cuda_predictions_match_cpu(data, precision):
     # apart; bf16 matmuls round differently on the two devices (one bf16 step of a logit)
     tolerance = 1e-5 if precision.mlp == "fp32" else 2e-2
     np.testing.assert_allclose(gpu(dense, sparse), cpu, rtol=0, atol=tolerance)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_quantizing_on_cuda_gives_the_cpu_codes(data, scheme):
+    """Tables quantized on the GPU (as bench_inference.py does) hold the CPU's int8 rows: the same
+    scales and biases, codes at most one step apart (float rounding on the two devices)."""
+    weight = build_model(preset("tiny", data.table_sizes), seed=0, sparse_grad=False).embeddings.weight.detach()
+    cpu = unpack(quantize(weight, data.table_sizes, scheme))
+    gpu = [t.cpu() for t in unpack(quantize(weight.cuda(), data.table_sizes, scheme))]
+    assert (gpu[0].int() - cpu[0].int()).abs().max() <= 1
+    for g, c in zip(gpu[1:], cpu[1:]):
+        torch.testing.assert_close(g, c, rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("precision", [Precision(), Precision("int8-rowwise", "fp32")])
