@@ -3,8 +3,9 @@
 The fused table must be laid out hot rows first (dlrmkit.infer.placement puts the most looked-up
 rows there): rows [0, hot_rows) form the hot tier, the rest the cold tier. The hot tier is a
 buffer and moves with ``.to(device)``; the cold tier is deliberately not a registered tensor, so
-it stays in host memory (pinned when CUDA is present, for asynchronous copies). Lookups of hot
-rows run on the device; cold rows are looked up on the host and their vectors copied over.
+it stays in host memory (pinned when CUDA is present). Lookups of hot rows run on the device;
+cold rows are gathered on the host and copied over (on a GPU: through pinned memory, int8 rows
+still packed, dequantized there).
 One-hot inputs only (one row per table per pair, as MLPerf's DLRM). Shapes: B, F, D as elsewhere.
 """
 
@@ -55,10 +56,19 @@ class TieredEmbeddingTables(nn.Module):
         out[hot_at] = _lookup(self.hot, flat[hot_at], self.packed)
         cold_at = (~is_hot).nonzero().squeeze(1)
         if cold_at.numel():
-            cold_rows = (flat[cold_at] - self.hot_rows).to(self.cold.device)
-            vectors = _lookup(self.cold, cold_rows, self.packed)
-            out[cold_at] = vectors.to(out.device, non_blocking=True)
+            out[cold_at] = self._cold_vectors((flat[cold_at] - self.hot_rows).cpu(), out.device)
         return out.view(batch, num_tables, self.dim)  # (B, F, D)
+
+    def _cold_vectors(self, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """(N, D) float32 vectors of cold ``rows`` on ``device``. For another device than the host
+        the rows are gathered into pinned memory and copied asynchronously, int8 rows still packed
+        (D + 8 bytes a row instead of 4 D) and dequantized on the device."""
+        if device.type == "cpu":
+            return _lookup(self.cold, rows, self.packed)
+        staging = torch.empty((rows.shape[0], self.cold.shape[1]), dtype=self.cold.dtype, pin_memory=True)
+        torch.index_select(self.cold, 0, rows, out=staging)
+        moved = staging.to(device, non_blocking=True)
+        return dequantize(moved) if self.packed else moved
 
     def memory_bytes(self) -> dict[str, int]:
         return {"hot": self.hot.numel() * self.hot.element_size(), "cold": self.cold.numel() * self.cold.element_size()}
