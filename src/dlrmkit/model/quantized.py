@@ -78,6 +78,21 @@ def _fused_kernel_available(device: torch.device) -> bool:
     return device.type == "cpu" and hasattr(torch.ops.quantized, "embedding_bag_byte_rowwise_offsets")
 
 
+def lookup(packed: torch.Tensor, rows: torch.Tensor, bag_offsets: torch.Tensor | None = None) -> torch.Tensor:
+    """Dequantized ``rows`` of packed int8 rows, sum-pooled per bag: (bags, D) float32; without
+    ``bag_offsets`` each row is its own bag, (N, D). On CPU FBGEMM's fused kernel does it; elsewhere
+    only the rows looked up are gathered and dequantized."""
+    if _fused_kernel_available(packed.device):
+        if bag_offsets is None:
+            bag_offsets = torch.arange(rows.shape[0], device=rows.device)
+        return torch.ops.quantized.embedding_bag_byte_rowwise_offsets(
+            packed, rows, bag_offsets, False, 0, False, None, None, False)
+    gathered = dequantize(packed[rows])  # (N, D)
+    if bag_offsets is None:
+        return gathered
+    return F.embedding_bag(torch.arange(rows.shape[0], device=rows.device), gathered, bag_offsets, mode="sum")
+
+
 class QuantizedEmbeddingTables(nn.Module):
     """Int8 tables, dequantized on lookup; forward as EmbeddingTables' (pooled (B, F, D) float32)."""
 
@@ -99,19 +114,10 @@ class QuantizedEmbeddingTables(nn.Module):
         if offsets is None:
             batch = indices.shape[0]
             rows = (indices + self.row_offsets).reshape(-1)  # (B*F,) one row per bag
-            bags = torch.arange(rows.shape[0], device=rows.device)
-            return self._bags(rows, bags).view(batch, num_tables, self.dim)  # (B, F, D)
+            return lookup(self.packed, rows).view(batch, num_tables, self.dim)  # (B, F, D)
         batch = offsets.shape[0] // num_tables
-        pooled = self._bags(bag_rows(indices, offsets, self.row_offsets), offsets)  # (F*B, D)
+        pooled = lookup(self.packed, bag_rows(indices, offsets, self.row_offsets), offsets)  # (F*B, D)
         return pooled.view(num_tables, batch, self.dim).transpose(0, 1)  # (B, F, D)
-
-    def _bags(self, rows: torch.Tensor, bag_offsets: torch.Tensor) -> torch.Tensor:
-        """Sum-pooled dequantized rows per bag: (bags, D) float32."""
-        if _fused_kernel_available(self.packed.device):
-            return torch.ops.quantized.embedding_bag_byte_rowwise_offsets(
-                self.packed, rows, bag_offsets, False, 0, False, None, None, False)
-        gathered = dequantize(self.packed[rows])  # (N, D): only the rows looked up
-        return F.embedding_bag(torch.arange(rows.shape[0], device=rows.device), gathered, bag_offsets, mode="sum")
 
     def memory_bytes(self) -> int:
         return self.packed.numel()

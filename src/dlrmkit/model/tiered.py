@@ -15,17 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dlrmkit.model.quantized import QuantizedEmbeddingTables, dequantize
+from dlrmkit.model.quantized import QuantizedEmbeddingTables, dequantize, lookup
 
 
 def _lookup(part: torch.Tensor, rows: torch.Tensor, packed: bool) -> torch.Tensor:
     """(N, D) float32 vectors of ``rows`` of one tier (FP32 rows, or packed int8 rows)."""
-    if not packed:
-        return F.embedding(rows, part)
-    if part.device.type == "cpu" and hasattr(torch.ops.quantized, "embedding_bag_byte_rowwise_offsets"):
-        bags = torch.arange(rows.shape[0], device=rows.device)
-        return torch.ops.quantized.embedding_bag_byte_rowwise_offsets(part, rows, bags, False, 0, False, None, None, False)
-    return dequantize(part[rows])
+    return lookup(part, rows) if packed else F.embedding(rows, part)
 
 
 class TieredEmbeddingTables(nn.Module):
