@@ -16,7 +16,8 @@
 #    and torch.compile), the hot tier on the GPU with cold rows in pinned host memory, `dlrmkit
 #    bench --device cuda` through LoadGen (accuracy against the CPU run; Offline and Server with
 #    the hot tier), NCCL training against one CPU process, its exact resume, and its checkpoint
-#    evaluated on CPU. Without the wheel the bench tests skip.
+#    evaluated on CPU; ONNX Runtime on CUDA where onnxruntime-gpu is installed. Without the
+#    wheel the bench tests skip.
 # 2. benchmarks/bench_inference.py --device cuda: every torch variant without int8 MLPs, kaggle and
 #    terabyte shapes, 1M rows per table, batch 65,536.
 # Logs and the JSON go to $OUT (the device tool brings them back), else /tmp/gpu_check. Each step

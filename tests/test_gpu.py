@@ -151,6 +151,7 @@ def test_bench_on_cuda_gives_the_cpu_auc(data, checkpoint, tmp_path):
     for backend in ("torch", "torch-compile"):
         gpu = _bench(data, checkpoint, tmp_path / backend, *accuracy, "--device", "cuda", "--backend", backend)
         assert gpu["roc_auc"] == pytest.approx(cpu["roc_auc"], abs=1e-6)
+        assert gpu["device"] == f"cuda:0 ({torch.cuda.get_device_name(0)})" and cpu["device"].startswith("cpu (")
 
 
 @pytest.mark.parametrize("scenario", ["Offline", "Server"])
@@ -179,3 +180,22 @@ def test_cuda_torch_compile_matches_cpu(data, precision):
     for pairs in (270, 5000):  # two compiled sizes, 4096 and 8192
         dense, sparse = _inputs(data, pairs)
         np.testing.assert_allclose(gpu(dense, sparse), cpu(dense, sparse), rtol=0, atol=tolerance)
+
+
+def test_onnxruntime_on_cuda_matches_cpu(data, tmp_path):
+    """ONNX Runtime's CUDA provider (onnxruntime-gpu) runs the export in whole calls and gives the
+    CPU's predictions; without that provider the predictor refuses the device by name."""
+    ort = pytest.importorskip("onnxruntime", reason="the onnx extra (onnx, onnxruntime) is not installed")
+    from dlrmkit.errors import ConfigError
+    from dlrmkit.infer.onnx_backend import OnnxPredictor, export_onnx
+
+    cfg = preset("tiny", data.table_sizes)
+    path = export_onnx(build_model(cfg, seed=0, sparse_grad=False), tmp_path / "m.onnx", cfg.num_dense)
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(ConfigError, match="no CUDAExecutionProvider"):
+            OnnxPredictor(path, device="cuda")
+        pytest.skip(f"onnxruntime {ort.__version__} here has no CUDAExecutionProvider (pip install onnxruntime-gpu)")
+    dense, sparse = _inputs(data)
+    gpu = OnnxPredictor(path, device="cuda")
+    assert gpu.max_pairs_per_call is None and gpu.session.get_providers()[0] == "CUDAExecutionProvider"
+    np.testing.assert_allclose(gpu(dense, sparse), OnnxPredictor(path)(dense, sparse), rtol=0, atol=1e-5)

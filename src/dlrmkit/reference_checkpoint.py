@@ -10,7 +10,8 @@ its bookkeeping. The architecture is read from the tensor shapes:
   dot with self-interaction, bottom output + F * dim is concatenation (F tables, F + 1 vectors).
 
 It is loaded with ``weights_only=True`` plus the numpy scalar types it needs, never with
-arbitrary unpickling.
+arbitrary unpickling. The reference's ONNX export (``--save-onnx``) holds the same tensors under
+the same names and is read the same way (``dlrmkit.reference_onnx``).
 """
 
 from __future__ import annotations
@@ -91,6 +92,11 @@ def convert_state(state: dict, model: DLRM) -> dict:
 
 
 def load_reference_payload(path: str | Path) -> dict:
+    """What a checkpoint file holds; an ONNX model (``.onnx``) gives its reference weights."""
+    from dlrmkit.reference_onnx import is_onnx_path, onnx_reference_state
+
+    if is_onnx_path(path):
+        return {"state_dict": onnx_reference_state(path), "source_format": "onnx"}
     try:
         with torch.serialization.safe_globals(_SAFE_NUMPY), warnings.catch_warnings():
             # torch's own unpickling of quantized (int8-static) weights goes through TypedStorage
@@ -112,7 +118,8 @@ def model_from_reference(payload: dict, source: str = "checkpoint") -> tuple[DLR
 
 
 def load_any_model(path: str | Path) -> tuple[DLRM, ModelConfig, str]:
-    """A model from a dlrmkit checkpoint or a DLRM reference one: (model, config, "dlrmkit" | "reference")."""
+    """A model from a dlrmkit checkpoint or a DLRM reference one, saved (``--save-model``) or
+    exported (``--save-onnx``): (model, config, "dlrmkit" | "reference" | "reference-onnx")."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -127,4 +134,4 @@ def model_from_payload(payload, path: str | Path) -> tuple[DLRM, ModelConfig, st
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path}: holds a {type(payload).__name__}, not a checkpoint dict")
     model, cfg = model_from_reference(payload, str(path))
-    return model, cfg, "reference"
+    return model, cfg, "reference-onnx" if payload.get("source_format") == "onnx" else "reference"

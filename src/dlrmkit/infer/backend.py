@@ -70,6 +70,17 @@ def torch_device(name: str) -> torch.device:
     return device
 
 
+def device_description(name: str) -> str:
+    """``name`` with what it is: "cpu (16 threads)", "cuda:0 (NVIDIA H100 80GB HBM3)"."""
+    device = torch_device(name)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    if device.type == "cpu":
+        return f"cpu ({torch.get_num_threads()} threads)"
+    return str(device)
+
+
 class TorchPredictor:
     """A DLRM in eager PyTorch; bf16 MLPs run under autocast (int8 parts are in the model itself)."""
 

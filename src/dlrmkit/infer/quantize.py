@@ -197,7 +197,8 @@ def model_from_inference_payload(payload: dict, source: str) -> tuple[DLRM, Mode
 
 def load_for_inference(path: str | os.PathLike) -> tuple[DLRM, ModelConfig, Precision, str, str | None]:
     """(model, config, precision, kind, FP32 source checkpoint) from any checkpoint dlrmkit reads:
-    its own (kind "dlrmkit"), the DLRM reference's ("reference"), or an inference one ("inference")."""
+    its own (kind "dlrmkit"), the DLRM reference's ("reference", or "reference-onnx" for its ONNX
+    export), or an inference one ("inference")."""
     from dlrmkit.reference_checkpoint import load_reference_payload, model_from_payload
 
     path = Path(path)
