@@ -344,3 +344,39 @@ def test_reference_checkpoint_accuracy_equals_naive_float64(setup, tmp_path, cap
     tolerance = _auc_tolerance(labels, want_probs, err)
     assert tolerance < 1e-4
     assert abs(result["roc_auc"] - want) <= tolerance + 1e-12
+
+
+def test_max_ind_range_for_a_reference_checkpoint(setup, tmp_path, capsys):
+    """The reference harness's --max-ind-range: a reference checkpoint trained on indices mod N
+    (its tables capped at N rows, the range not recorded) runs on a dataset with larger tables."""
+    data, _, _ = setup
+    n = 500
+    sizes = Dataset(data).table_sizes
+    assert max(sizes) > n
+    model = build_model(preset("tiny", tuple(min(s, n) for s in sizes)), seed=3)
+    checkpoint = tmp_path / "capped.pt"
+    torch.save({"state_dict": naive.reference_state(model)}, checkpoint)
+    out = tmp_path / "out"
+    args = ["bench", "--checkpoint", str(checkpoint), "--data", str(data), "--output", str(out), *FAST, *FP32,
+            "--accuracy", "--count-samples", "8", "--quiet"]
+    assert main(args) == 1
+    assert "needs" in (err := capsys.readouterr().err) and "--max-ind-range" in err
+    assert main(args + ["--max-ind-range", str(n)]) == 0, capsys.readouterr().err
+    result = json.loads((out / "result.json").read_text())
+    assert result["model"]["max_index_range"] == n
+    pairs = result["qsl"]["pairs"]
+    split = Dataset(data).split("test")
+    with torch.no_grad():
+        logits = naive.forward(naive.params_from_model(model), torch.from_numpy(np.array(split.dense[:pairs])),
+                               torch.from_numpy(np.array(split.sparse[:pairs]).astype(np.int64) % n))
+    log = read_accuracy_log(out / "mlperf_log_accuracy.json")
+    got = np.empty(pairs)
+    got[_rows(_mlperf_offsets(data), log.samples)] = log.predictions
+    np.testing.assert_allclose(got, torch.sigmoid(logits).numpy(), rtol=0, atol=1e-5)
+
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(data), "--max-ind-range", str(n),
+                 "--out", str(tmp_path / "eval.json")]) == 0
+    assert json.loads((tmp_path / "eval.json").read_text())["auc"] > 0
+    # a range the checkpoint cannot have been trained with is refused by name
+    assert main(args + ["--max-ind-range", "100"]) == 1
+    assert "more than max index range 100" in capsys.readouterr().err

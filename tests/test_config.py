@@ -73,3 +73,15 @@ def test_synth_config_rejects_invalid(kwargs):
 
 def test_config_error_is_a_dlrmkit_error():
     assert issubclass(ConfigError, DlrmkitError)
+
+
+def test_with_max_index_range():
+    cfg = ModelConfig((5, 8), 4, (13, 4), (1,))
+    assert cfg.with_max_index_range(None) is cfg
+    capped = cfg.with_max_index_range(8)
+    assert capped.max_index_range == 8 and capped.effective_table_sizes == (5, 8)
+    assert capped.with_max_index_range(8) is capped
+    with pytest.raises(ConfigError, match="ckpt was trained with max index range 8, not 10"):
+        capped.with_max_index_range(10, "ckpt")
+    with pytest.raises(ConfigError, match="table 1 has 8 rows, more than max index range 6"):
+        cfg.with_max_index_range(6)

@@ -165,6 +165,11 @@ def test_model_smaller_than_dataset_tables_is_refused(small_data, small_meta, tm
     sizes[2] -= 1
     with pytest.raises(ConfigError, match="table 2"):
         train(small_data, tmp_path / "run", preset("tiny", tuple(sizes)), SHORT, progress=False)
+    # with a max index range, the tables must hold min(dataset rows, range) rows
+    big = max(small_meta["table_sizes"])
+    capped = replace(preset("tiny", tuple(sizes)), max_index_range=big)
+    with pytest.raises(ConfigError, match=f"table 2 has {sizes[2]} rows but dataset .* needs {sizes[2] + 1}"):
+        train(small_data, tmp_path / "run", capped, SHORT, progress=False)
 
 
 # --- checkpoints -------------------------------------------------------------------------------

@@ -70,6 +70,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--batch-size", type=_positive_int, default=16384)
     p.add_argument("--max-rows", type=_positive_int)
+    p.add_argument("--max-ind-range", type=_positive_int,
+                   help="indices mod N, for checkpoints that do not record their range (the DLRM reference's)")
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--threads", type=_positive_int)
     p.add_argument("--out", help="JSON file for the metrics (default: beside the checkpoint)")
@@ -178,6 +180,7 @@ def _run_evaluate(args) -> int:
         torch.set_num_threads(args.threads)
     dataset = Dataset(args.data)
     model, cfg, kind = load_any_model(args.checkpoint)
+    cfg = cfg.with_max_index_range(args.max_ind_range, str(args.checkpoint))
     check_tables(cfg, dataset)
     metrics = evaluate(model, dataset.split(args.split), args.batch_size, cfg.max_index_range, args.max_rows, args.bf16)
     metrics.update(split=args.split, checkpoint=str(args.checkpoint), checkpoint_format=kind, data=str(args.data))

@@ -57,6 +57,9 @@ def add_bench(sub, positive_int) -> None:
     p.add_argument("--hot-fraction", type=float,
                    help="with --placement frequency: keep this fraction of rows (the most looked-up) in a hot tier "
                         "on --device and the rest in host memory (pinned with CUDA)")
+    p.add_argument("--max-ind-range", type=positive_int,
+                   help="indices mod N, as the reference harness's flag (for checkpoints that do not record "
+                        "their range, e.g. the reference's; MLPerf's tb00_40M: 40000000)")
     p.add_argument("--max-pairs-per-call", type=positive_int,
                    help="split model calls into chunks of this many pairs (default: 2048 on CPU, none on GPU)")
     p.add_argument("--samples-per-query-offline", type=positive_int,
@@ -167,6 +170,7 @@ def run_bench(args) -> int:
     torch.set_num_threads(args.intra_op_threads or max(1, (os.cpu_count() or 1) // args.threads))
     dataset = Dataset(args.data)
     model, model_cfg, checkpoint_precision, kind, fp32_source = load_for_inference(args.checkpoint)
+    model_cfg = model_cfg.with_max_index_range(args.max_ind_range, str(args.checkpoint))
     check_tables(model_cfg, dataset)
     precision = resolve_precision(args, checkpoint_precision, kind)
     if cfg.test_mode == "AccuracyOnly" and cfg.reference_auc is None and kind == "inference" \
@@ -179,6 +183,7 @@ def run_bench(args) -> int:
         if not fp32_precision.is_fp32:  # the source was replaced by a quantized checkpoint since
             raise ConfigError(f"{fp32_source}, the FP32 checkpoint {args.checkpoint} was quantized from, now holds "
                               f"a quantized model ({fp32_precision}); give --reference-auc")
+        fp32_cfg = fp32_cfg.with_max_index_range(args.max_ind_range, str(fp32_source))
         return TorchPredictor(fp32_model, fp32_cfg.max_index_range, args.device, args.max_pairs_per_call)
 
     if args.backend == "onnxruntime":

@@ -76,6 +76,22 @@ class ModelConfig:
             return self.table_sizes
         return tuple(min(t, self.max_index_range) for t in self.table_sizes)
 
+    def with_max_index_range(self, n: int | None, source: str = "the checkpoint") -> "ModelConfig":
+        """This model run on indices mod ``n`` (the DLRM reference's ``--max-ind-range`` at
+        inference): for a checkpoint that does not record its range, as the reference's do. A
+        recorded range must agree, and no table may have more than ``n`` rows (rows a model
+        trained with that range could not have)."""
+        if n is None or n == self.max_index_range:
+            return self
+        if self.max_index_range is not None:
+            raise ConfigError(f"{source} was trained with max index range {self.max_index_range}, not {n}")
+        big = [(f, t) for f, t in enumerate(self.table_sizes) if t > n]
+        if big:
+            f, t = big[0]
+            raise ConfigError(f"{source}: table {f} has {t} rows, more than max index range {n}: "
+                              f"it was not trained on indices mod {n}")
+        return dataclasses.replace(self, max_index_range=n)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -50,12 +50,13 @@ def check_tables(model_cfg: ModelConfig, dataset: Dataset) -> None:
     if len(model_cfg.table_sizes) != dataset.num_sparse or model_cfg.num_dense != dataset.num_dense:
         raise ConfigError(f"model has {len(model_cfg.table_sizes)} tables and {model_cfg.num_dense} dense inputs; "
                           f"dataset {dataset.path} has {dataset.num_sparse} and {dataset.num_dense}")
-    if model_cfg.max_index_range is None:
-        small = [(f, m, d) for f, (m, d) in enumerate(zip(model_cfg.table_sizes, dataset.table_sizes)) if m < d]
-        if small:
-            f, m, d = small[0]
-            raise ConfigError(f"table {f} has {m} rows but dataset {dataset.path} needs {d}; "
-                              f"set a max index range or match the dataset")
+    cap = model_cfg.max_index_range or max(dataset.table_sizes, default=0)  # indices mod cap reach the model
+    small = [(f, m, min(d, cap)) for f, (m, d) in enumerate(zip(model_cfg.effective_table_sizes, dataset.table_sizes))
+             if m < min(d, cap)]
+    if small:
+        f, m, d = small[0]
+        raise ConfigError(f"table {f} has {m} rows but dataset {dataset.path} needs {d}; "
+                          f"set a max index range (--max-ind-range: indices mod N) or match the dataset")
 
 
 class RunLog:
