@@ -69,7 +69,7 @@ def _feeds(session, path):
                       f"reference's (dense_x, offsets, indices)")
 
 
-def _providers(device: str, path) -> list:
+def _providers(device: str) -> list:
     """ONNX Runtime's execution providers for a torch-style device name (cpu, cuda, cuda:N)."""
     import onnxruntime as ort
 
@@ -100,7 +100,7 @@ class OnnxPredictor:
         options.log_severity_level = 3  # errors only: the reference's export draws graph-rewrite warnings
         if threads:
             options.intra_op_num_threads = threads
-        providers = _providers(device, path)
+        providers = _providers(device)
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
         if self.session.get_providers()[0] != wanted:  # ONNX Runtime falls back to the CPU with a warning
@@ -110,7 +110,7 @@ class OnnxPredictor:
         self.device = device
         self.name = f"onnxruntime{' reference-export' if self._probabilities else ''} emb-fp32 mlp-fp32"
         self.max_index_range = max_index_range
-        if max_pairs_per_call is None and device == "cpu":  # accelerators want whole batches
+        if max_pairs_per_call is None and device.partition(":")[0] == "cpu":  # accelerators want whole batches
             max_pairs_per_call = DEFAULT_MAX_PAIRS_PER_CALL
         self.max_pairs_per_call = max_pairs_per_call  # None: calls are not split
 
