@@ -1,5 +1,5 @@
 """Inference variants side by side: FP32, bf16 and int8 MLPs, int8 tables (row-wise, per table),
-and the torch.compile and ONNX Runtime backends.
+and the torch.compile and ONNX Runtime backends (FP32, int8 tables, int8 MLPs).
 
     python benchmarks/bench_inference.py [--shapes kaggle,terabyte] [--batch-size 2048] [--threads 2]
         [--device cuda]   # on a GPU: the torch variants without int8 MLPs
@@ -36,6 +36,9 @@ DEFAULT = Precision("int8-rowwise", "bf16")
 VARIANTS = [Precision("fp32", "fp32"), Precision("fp32", "bf16"), Precision("int8-rowwise", "fp32"),
             Precision("int8-table", "fp32"), Precision("int8-rowwise", "int8"), Precision("int8-rowwise", "bf16"),
             Precision("int8-table", "bf16"), Precision("int8-rowwise", "int8-static")]
+# ONNX Runtime: FP32 or int8 tables; FP32 or int8 MLPs (its dynamic quantization)
+ONNX_VARIANTS = [Precision(), Precision("fp32", "int8"), Precision("int8-rowwise", "fp32"),
+                 Precision("int8-rowwise", "int8")]
 
 
 def mlp_bytes(model) -> int:
@@ -51,22 +54,13 @@ def speed(shape: str, rows: int, batch: int, steps: int, repeats: int, device: s
     dense = rng.random((batch, 13), dtype=np.float32)
     sparse = rng.integers(0, rows, (batch, 26)).astype(np.int32)
     out = []
-    runs = [("torch", p) for p in VARIANTS] + [("torch-compile", Precision()), ("torch-compile", DEFAULT),
-                                               ("onnxruntime", Precision())]
+    runs = [("torch", p) for p in VARIANTS] + [("torch-compile", Precision()), ("torch-compile", DEFAULT)] + \
+        [("onnxruntime", p) for p in ONNX_VARIANTS]
     if device != "cpu":  # PyTorch's int8 matmuls and this ONNX Runtime build are CPU-only
         runs = [(b, p) for b, p in runs if b != "onnxruntime" and p.mlp not in ("int8", "int8-static")]
     calibration = [(torch.from_numpy(dense), torch.from_numpy(sparse.astype(np.int64)))]
     for backend, precision in runs:
-        model = quantize_model(copy.deepcopy(base), precision, calibration)
-        if backend == "onnxruntime":
-            import tempfile
-
-            from dlrmkit.infer.onnx_backend import OnnxPredictor, export_onnx
-
-            with tempfile.TemporaryDirectory() as tmp:
-                predict = OnnxPredictor(export_onnx(model, f"{tmp}/m.onnx", cfg.num_dense), threads=torch.get_num_threads())
-        else:
-            predict = TorchPredictor(model, precision=precision, compile=backend == "torch-compile", device=device)
+        model, predict = predictor(backend, copy.deepcopy(base), precision, calibration, device)
         rate = batch / seconds_per_call(lambda: predict(dense, sparse), steps, 5, repeats)
         row = {"shape": shape, "device": device, "backend": backend, "precision": precision.to_dict(),
                "samples_per_s": rate,
@@ -77,6 +71,24 @@ def speed(shape: str, rows: int, batch: int, steps: int, repeats: int, device: s
               f"{row['vs_reference']:.2f}x | {row['table_mib']:,.0f} MiB |", flush=True)
         model = predict = None  # free the tables before the next variant
     return out
+
+
+def predictor(backend: str, model, precision: Precision, calibration, device: str = "cpu",
+              max_index_range: int | None = None):
+    """(model, predictor) of ``backend`` in ``precision``, as `dlrmkit bench` builds them."""
+    if backend != "onnxruntime":
+        model = quantize_model(model, precision, calibration)
+        return model, TorchPredictor(model, max_index_range, precision=precision, compile=backend == "torch-compile",
+                                     device=device)
+    import tempfile
+
+    from dlrmkit.infer.onnx_backend import OnnxPredictor
+    from dlrmkit.infer.onnx_export import export_onnx
+
+    model = quantize_model(model, Precision(precision.embeddings, "fp32"))  # the export quantizes the MLPs
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(model, f"{tmp}/m.onnx", model.bottom[0].in_features, precision.mlp)
+        return model, OnnxPredictor(path, max_index_range, threads=torch.get_num_threads(), precision=precision)
 
 
 def accuracy(checkpoint: str, data: str) -> list[dict]:
@@ -91,15 +103,15 @@ def accuracy(checkpoint: str, data: str) -> list[dict]:
     labels = np.asarray(test.label, dtype=np.float64)
     dense, sparse = np.array(test.dense), np.array(test.sparse)
     out, fp32_auc = [], None
-    for precision in VARIANTS:
+    for backend, precision in [("torch", p) for p in VARIANTS] + [("onnxruntime", p) for p in ONNX_VARIANTS[1:]]:
         model, cfg, _, _, _ = load_for_inference(checkpoint)
         calibration = calibration_batches(val, max_index_range=cfg.max_index_range)  # MLPerf-style: val rows
-        predict = TorchPredictor(quantize_model(model, precision, calibration), cfg.max_index_range,
-                                 precision=precision)
+        _, predict = predictor(backend, model, precision, calibration, max_index_range=cfg.max_index_range)
         auc = roc_auc(labels, predict(dense, sparse).astype(np.float64))
         fp32_auc = fp32_auc or auc
-        out.append({"precision": precision.to_dict(), "auc": auc, "of_fp32": auc / fp32_auc})
-        print(f"| {precision.embeddings} | {precision.mlp} | {auc:.6f} | {100 * auc / fp32_auc:.3f}% |", flush=True)
+        out.append({"backend": backend, "precision": precision.to_dict(), "auc": auc, "of_fp32": auc / fp32_auc})
+        print(f"| {backend} | {precision.embeddings} | {precision.mlp} | {auc:.6f} | {100 * auc / fp32_auc:.3f}% |",
+              flush=True)
     return out
 
 
@@ -154,14 +166,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"batch {args.batch_size}, {where}, torch {torch.__version__}, {args.rows_per_table:,} rows per table")
     print("| shape | backend | tables | MLPs | samples/s | vs DLRM reference | tables in memory |")
     print("|---|---|---|---|---|---|---|")
-    for shape in args.shapes.split(","):
+    for shape in filter(None, args.shapes.split(",")):  # --shapes "": accuracy only
         results["speed"] += speed(shape, args.rows_per_table, args.batch_size, args.steps, args.repeats,
                                   args.device)
         save(results, args.json)  # each shape as it is done: a run cut short keeps what it measured
     if args.checkpoint and args.data:
         print(f"\nAUC on the test split of {args.data} ({args.checkpoint})")
-        print("| tables | MLPs | AUC | of FP32 |")
-        print("|---|---|---|---|")
+        print("| backend | tables | MLPs | AUC | of FP32 |")
+        print("|---|---|---|---|---|")
         results["accuracy"] = accuracy(args.checkpoint, args.data)
     if args.placement_data:
         print(f"\nrow layouts, {args.placement_data}: pairs/s over its first 40,960 test pairs")

@@ -31,7 +31,8 @@ from dlrmkit.data.dataset import Dataset
 from dlrmkit.infer import TorchPredictor
 from dlrmkit.infer.allocator import retain_freed_memory
 from dlrmkit.infer.placement import place_by_frequency
-from dlrmkit.infer.onnx_backend import OnnxPredictor, export_onnx
+from dlrmkit.infer.onnx_backend import OnnxPredictor
+from dlrmkit.infer.onnx_export import export_onnx
 from dlrmkit.infer.quantize import calibration_batches, embedding_bytes, quantize_model
 from dlrmkit.model import build_model
 from timing import seconds_per_call

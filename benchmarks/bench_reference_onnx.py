@@ -28,7 +28,8 @@ import onnxruntime
 import torch
 
 from dlrmkit.infer import TorchPredictor
-from dlrmkit.infer.onnx_backend import OnnxPredictor, export_onnx
+from dlrmkit.infer.onnx_backend import OnnxPredictor
+from dlrmkit.infer.onnx_export import export_onnx
 from dlrmkit.reference_checkpoint import load_any_model
 from timing import seconds_per_call
 

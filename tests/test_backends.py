@@ -21,7 +21,8 @@ from dlrmkit.infer.quantize import load_for_inference, quantize_model
 from dlrmkit.model import build_model
 
 pytest.importorskip("onnxruntime", reason="the onnx extra (onnx, onnxruntime) is not installed")
-from dlrmkit.infer.onnx_backend import OnnxPredictor, export_onnx  # noqa: E402
+from dlrmkit.infer.onnx_backend import OnnxPredictor  # noqa: E402
+from dlrmkit.infer.onnx_export import export_onnx  # noqa: E402
 
 
 def _inputs(cfg, pairs: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -54,11 +55,47 @@ def test_onnx_applies_max_index_range(tmp_path):
     np.testing.assert_allclose(got, TorchPredictor(model)(dense, sparse), atol=1e-5)
 
 
-def test_onnx_export_refuses_int8_tables(tmp_path):
+@pytest.mark.parametrize("tables", ["int8-rowwise", "int8-table"])
+def test_onnx_int8_tables_equal_pytorch(tmp_path, tables):
+    """Int8 tables exported as gathers of codes, scales and biases dequantize as PyTorch's lookup
+    does, in a quarter of the FP32 bytes (dim 16: codes + 8 bytes a row)."""
+    cfg = preset("tiny", (50, 7, 300, 2) * 6 + (11, 3))
+    precision = Precision(tables, "fp32")
+    model = quantize_model(build_model(cfg, seed=4, sparse_grad=False), precision)
+    dense, sparse = _inputs(cfg, 3000)
+    path = export_onnx(model, tmp_path / "m.onnx", cfg.num_dense)
+    got = OnnxPredictor(path, threads=1, precision=precision)
+    assert got.name == f"onnxruntime emb-{tables} mlp-fp32"
+    np.testing.assert_allclose(got(dense, sparse), TorchPredictor(model, precision=precision)(dense, sparse),
+                               rtol=0, atol=1e-5)
+    fp32 = export_onnx(build_model(cfg, seed=4, sparse_grad=False), tmp_path / "fp32.onnx", cfg.num_dense)
+    rows = sum(cfg.table_sizes)
+    assert fp32.stat().st_size - path.stat().st_size == pytest.approx(rows * (4 * 16 - (16 + 8)), rel=0.01)
+
+
+def test_onnx_int8_mlps(tmp_path):
+    """ONNX Runtime's dynamic int8 MLPs: weights stored as int8, outputs near FP32 (activations
+    quantized per call, as PyTorch's int8 MLPs)."""
+    cfg = preset("kaggle", (50, 7, 300, 2) * 6 + (11, 3))
+    model = build_model(cfg, seed=5, sparse_grad=False)
+    dense, sparse = _inputs(cfg, 3000)
+    fp32 = export_onnx(model, tmp_path / "fp32.onnx", cfg.num_dense)
+    int8 = export_onnx(model, tmp_path / "int8.onnx", cfg.num_dense, mlp="int8")
+    assert not (tmp_path / "int8.fp32.onnx").exists()
+    mlp_weights = sum(p.numel() for n, p in model.named_parameters() if n.endswith("weight") and "embeddings" not in n)
+    assert fp32.stat().st_size - int8.stat().st_size > 0.7 * 3 * mlp_weights  # 4 bytes -> 1 a weight
+    want = TorchPredictor(model)(dense, sparse)
+    got = OnnxPredictor(int8, threads=1)(dense, sparse)
+    assert 0 < np.abs(got - want).max() < 2e-2
+
+
+def test_onnx_export_refusals(tmp_path):
     cfg = preset("tiny", (30,) * 26)
-    model = quantize_model(build_model(cfg, seed=0, sparse_grad=False), Precision("int8-rowwise", "fp32"))
-    with pytest.raises(ConfigError, match="FP32"):
-        export_onnx(model, tmp_path / "m.onnx", cfg.num_dense)
+    with pytest.raises(ConfigError, match="MLPs in fp32 or int8 here, not bf16"):
+        export_onnx(build_model(cfg, seed=0, sparse_grad=False), tmp_path / "m.onnx", cfg.num_dense, mlp="bf16")
+    quantized = quantize_model(build_model(cfg, seed=0, sparse_grad=False), Precision("fp32", "int8"))
+    with pytest.raises(ConfigError, match="FP32 MLP weights .* bottom MLP holds a .*Linear: give the FP32 checkpoint"):
+        export_onnx(quantized, tmp_path / "m.onnx", cfg.num_dense)
 
 
 @pytest.mark.parametrize("precision", [Precision(), Precision("int8-rowwise", "bf16")])
@@ -141,8 +178,31 @@ def test_bench_backends_give_the_same_auc(bench_setup, tmp_path, backend, capsys
         assert (out / "model.onnx").is_file() and result["sut"]["backend"].startswith("onnxruntime")
 
 
-def test_bench_onnxruntime_refuses_quantized_precision(bench_setup, tmp_path, capsys):
+@pytest.mark.parametrize("flags,message", [
+    (["--mlp", "bf16"], "runs MLPs in fp32 or int8 (ONNX Runtime's dynamic quantization), not bf16"),
+    (["--mlp", "int8-static"], "not int8-static"),
+    (["--placement", "frequency"], "need a torch backend"),
+])
+def test_bench_onnxruntime_refusals(bench_setup, tmp_path, capsys, flags, message):
     data, checkpoint = bench_setup
     rc = main(["bench", "--checkpoint", str(checkpoint), "--data", str(data), "--output", str(tmp_path),
-               "--backend", "onnxruntime", "--embeddings", "int8-rowwise"])
-    assert rc == 1 and "FP32" in capsys.readouterr().err
+               "--backend", "onnxruntime", *flags])
+    assert rc == 1 and message in capsys.readouterr().err
+
+
+def test_bench_onnxruntime_int8(bench_setup, tmp_path, capsys):
+    """int8 tables and int8 MLPs on ONNX Runtime: a quarter of the table bytes, and the accuracy
+    run scores it against eager FP32 PyTorch on the same pairs."""
+    data, checkpoint = bench_setup
+    out = tmp_path / "int8"
+    rc = main(["bench", "--checkpoint", str(checkpoint), "--data", str(data), "--output", str(out), "--quiet",
+               "--backend", "onnxruntime", "--embeddings", "int8-rowwise", "--mlp", "int8", "--accuracy",
+               "--count-samples", "12"])
+    assert rc == 0, capsys.readouterr().err
+    result = json.loads((out / "result.json").read_text())
+    assert result["sut"]["backend"] == "onnxruntime emb-int8-rowwise mlp-int8"
+    assert result["precision"] == {"embeddings": "int8-rowwise", "mlp": "int8"}
+    assert result["accuracy_pass"] and result["roc_auc"] != result["reference_auc"]
+    assert result["roc_auc"] == pytest.approx(result["reference_auc"], abs=5e-3)
+    fp32 = load_for_inference(checkpoint)[0].embeddings.weight
+    assert result["embedding_bytes"] < fp32.numel() * 4 / 2.5  # dim 16: 24 bytes a row against 64

@@ -187,7 +187,8 @@ def test_onnxruntime_on_cuda_matches_cpu(data, tmp_path):
     CPU's predictions; without that provider the predictor refuses the device by name."""
     ort = pytest.importorskip("onnxruntime", reason="the onnx extra (onnx, onnxruntime) is not installed")
     from dlrmkit.errors import ConfigError
-    from dlrmkit.infer.onnx_backend import OnnxPredictor, export_onnx
+    from dlrmkit.infer.onnx_backend import OnnxPredictor
+    from dlrmkit.infer.onnx_export import export_onnx
 
     cfg = preset("tiny", data.table_sizes)
     path = export_onnx(build_model(cfg, seed=0, sparse_grad=False), tmp_path / "m.onnx", cfg.num_dense)

@@ -21,7 +21,8 @@ onnx = pytest.importorskip("onnx", reason="the onnx extra (onnx, onnxruntime) is
 from dlrmkit.cli import main  # noqa: E402
 from dlrmkit.config import preset  # noqa: E402
 from dlrmkit.errors import CheckpointError, ConfigError  # noqa: E402
-from dlrmkit.infer.onnx_backend import OnnxPredictor, export_onnx  # noqa: E402
+from dlrmkit.infer.onnx_backend import OnnxPredictor  # noqa: E402
+from dlrmkit.infer.onnx_export import export_onnx  # noqa: E402
 from dlrmkit.infer.quantize import load_for_inference  # noqa: E402
 from dlrmkit.model import build_model  # noqa: E402
 from dlrmkit.reference_checkpoint import load_any_model  # noqa: E402

@@ -46,7 +46,8 @@ def add_bench(sub, positive_int) -> None:
                    help="same as --device cuda (the reference harness's flag; CUDA_VISIBLE_DEVICES picks the GPU)")
     p.add_argument("--backend", choices=BACKENDS, default="torch",
                    help="torch: eager PyTorch; torch-compile: torch.compile (inductor); onnxruntime: the model "
-                        "exported to OUTPUT/model.onnx (an .onnx --checkpoint as it is), run by ONNX Runtime (FP32 only)")
+                        "exported to OUTPUT/model.onnx (an .onnx --checkpoint as it is), run by ONNX Runtime (FP32 "
+                        "unless --embeddings/--mlp ask for int8)")
     p.add_argument("--embeddings", choices=EMBEDDING_PRECISIONS,
                    help="table precision (default: the config version's, "
                         + ", ".join(f"{k}: {v}" for k, v in PRECISION_FOR_CONFIG_VER.items()) + ")")
@@ -145,7 +146,7 @@ def resolve_precision(args, checkpoint_precision: Precision, kind: str) -> Preci
         return checkpoint_precision
     if args.embeddings is None and args.mlp is None:
         if getattr(args, "backend", "torch") == "onnxruntime":
-            return Precision()  # the ONNX export is FP32
+            return Precision()  # ONNX Runtime: FP32 unless the flags say otherwise
         return PRECISION_FOR_CONFIG_VER[args.config_ver]
     return Precision(args.embeddings or "fp32", args.mlp or "fp32")
 
@@ -187,20 +188,25 @@ def run_bench(args) -> int:
         return TorchPredictor(fp32_model, fp32_cfg.max_index_range, args.device, args.max_pairs_per_call)
 
     if args.backend == "onnxruntime":
-        from dlrmkit.infer.onnx_backend import OnnxPredictor, export_onnx
+        from dlrmkit.infer.onnx_backend import OnnxPredictor
+        from dlrmkit.infer.onnx_export import ONNX_MLPS, export_onnx
 
-        if not precision.is_fp32:
-            raise ConfigError(f"the onnxruntime backend runs FP32 models, not {precision}")
-        if kind == "reference-onnx":  # the user's own ONNX file runs as it is
+        if precision.mlp not in ONNX_MLPS:
+            raise ConfigError(f"the onnxruntime backend runs MLPs in {' or '.join(ONNX_MLPS)} (ONNX Runtime's "
+                              f"dynamic quantization), not {precision.mlp}")
+        if args.placement == "frequency" or args.hot_fraction is not None:
+            raise ConfigError("--placement frequency and --hot-fraction need a torch backend")
+        if kind == "reference-onnx" and precision.is_fp32:  # the user's own ONNX file runs as it is
             onnx_path = Path(args.checkpoint)
             if not args.quiet:
                 print(f"onnxruntime runs {onnx_path} as the DLRM reference exported it (an ONNX Loop per table); "
                       f"dlrmkit's export of the same weights runs 5-15x faster on CPU: convert it with "
                       f"`dlrmkit quantize --checkpoint {onnx_path} --embeddings fp32 --mlp fp32 --out MODEL.pt`")
-        else:
-            onnx_path = export_onnx(model, Path(args.output) / "model.onnx", model_cfg.num_dense)
+        else:  # int8 tables in torch first; the export quantizes the MLPs
+            quantize_model(model, Precision(precision.embeddings, "fp32"))
+            onnx_path = export_onnx(model, Path(args.output) / "model.onnx", model_cfg.num_dense, precision.mlp)
         predictor = OnnxPredictor(onnx_path, model_cfg.max_index_range, args.intra_op_threads or torch.get_num_threads(),
-                                  args.max_pairs_per_call, args.device)
+                                  args.max_pairs_per_call, args.device, precision)
     else:
         # before placement: per-table scales see whole tables; int8-static MLPs calibrate on the
         # first rows of the val split, as MLPerf calibrates on a fixed slice

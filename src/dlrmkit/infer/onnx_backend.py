@@ -1,43 +1,21 @@
-"""ONNX export of a DLRM and an ONNX Runtime predictor (the MLPerf reference also ships ONNX).
+"""An ONNX Runtime predictor (the MLPerf reference also ships ONNX): numpy in, probabilities out.
 
-The exported graph takes ``dense`` (P, Nd) float32 and ``indices`` (P, F) int64 and returns
-``logits`` (P,); the batch dimension is dynamic. FP32 models only: int8 tables use a PyTorch
-kernel that has no ONNX counterpart here. The predictor also runs the DLRM reference's own export
-(``dlrm_s_pytorch.py --save-onnx``, MLPerf's ONNX weights) as it is: inputs ``dense_x``,
-``offsets`` and ``indices`` (per table or stacked), probabilities out (see dlrmkit.reference_onnx).
+It runs dlrmkit's export (``dlrmkit.infer.onnx_export``: inputs ``dense`` and ``indices``, logits
+out) and the DLRM reference's own export (``dlrm_s_pytorch.py --save-onnx``, MLPerf's ONNX
+weights) as it is: inputs ``dense_x``, ``offsets`` and ``indices`` (per table or stacked),
+probabilities out (see dlrmkit.reference_onnx).
 """
 
 from __future__ import annotations
 
 import os
-import warnings
-from pathlib import Path
 
 import numpy as np
-import torch
 
+from dlrmkit.config import Precision
 from dlrmkit.data.loader import cap_indices
 from dlrmkit.errors import ConfigError
 from dlrmkit.infer.backend import DEFAULT_MAX_PAIRS_PER_CALL
-from dlrmkit.model import DLRM
-from dlrmkit.model.quantized import QuantizedEmbeddingTables
-
-
-def export_onnx(model: DLRM, path: str | os.PathLike, num_dense: int) -> Path:
-    """Write ``model`` (FP32) as ONNX; returns the path."""
-    if isinstance(model.embeddings, QuantizedEmbeddingTables):
-        raise ConfigError("ONNX export takes FP32 models; int8 tables have no ONNX kernel here")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model = model.eval()
-    dense = torch.zeros(2, num_dense)
-    indices = torch.zeros(2, len(model.embeddings.table_sizes), dtype=torch.int64)
-    with warnings.catch_warnings(), torch.inference_mode():
-        warnings.simplefilter("ignore")  # the TorchScript-based exporter announces its successor
-        torch.onnx.export(model, (dense, indices), str(path), input_names=["dense", "indices"],
-                          output_names=["logits"], dynamo=False,
-                          dynamic_axes={"dense": {0: "pairs"}, "indices": {0: "pairs"}, "logits": {0: "pairs"}})
-    return path
 
 
 def _feeds(session, path):
@@ -90,7 +68,7 @@ class OnnxPredictor:
     probabilities out. The graph is dlrmkit's export or the DLRM reference's, run as it is."""
 
     def __init__(self, path: str | os.PathLike, max_index_range: int | None = None, threads: int | None = None,
-                 max_pairs_per_call: int | None = None, device: str = "cpu"):
+                 max_pairs_per_call: int | None = None, device: str = "cpu", precision: Precision | None = None):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -108,7 +86,9 @@ class OnnxPredictor:
                               f"(the session has {self.session.get_providers()})")
         self._feed, self._probabilities = _feeds(self.session, path)
         self.device = device
-        self.name = f"onnxruntime{' reference-export' if self._probabilities else ''} emb-fp32 mlp-fp32"
+        precision = precision or Precision()  # what the graph holds (the caller exported it)
+        self.name = (f"onnxruntime{' reference-export' if self._probabilities else ''} "
+                     f"emb-{precision.embeddings} mlp-{precision.mlp}")
         self.max_index_range = max_index_range
         if max_pairs_per_call is None and device.partition(":")[0] == "cpu":  # accelerators want whole batches
             max_pairs_per_call = DEFAULT_MAX_PAIRS_PER_CALL
