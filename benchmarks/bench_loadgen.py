@@ -144,11 +144,13 @@ def main(argv: list[str] | None = None) -> int:
         precision = Precision(emb, mlp)
         model = copy.deepcopy(base)
         calibration = calibration_batches(dataset.split("val")) if mlp == "int8-static" else None
-        quantize_model(model, precision, calibration)
+        # ONNX Runtime: tables quantized here, MLPs by the export
+        quantize_model(model, Precision(emb, "fp32") if backend == "onnxruntime" else precision, calibration)
         if placement == "frequency":
             place_by_frequency(model, dataset)
         if backend == "onnxruntime":
-            variant = OnnxPredictor(export_onnx(model, out / "model.onnx", 13), threads=torch.get_num_threads())
+            variant = OnnxPredictor(export_onnx(model, out / "model.onnx", 13, mlp), threads=torch.get_num_threads(),
+                                    precision=precision)
         else:
             variant = TorchPredictor(model, precision=precision, compile=backend == "torch-compile")
         name = f"{backend} {emb}/{mlp}/{placement}"
