@@ -89,6 +89,24 @@ def test_onnx_int8_mlps(tmp_path):
     assert 0 < np.abs(got - want).max() < 2e-2
 
 
+def test_onnx_int8_mlps_of_a_model_over_the_protobuf_limit(tmp_path, monkeypatch):
+    """Models over 2 GiB keep their weights in an external data file (here the limit is lowered
+    to a few KiB): the same predictions, and no scratch files left beside the model."""
+    from dlrmkit.infer import onnx_export
+
+    cfg = preset("tiny", (50, 7, 300, 2) * 6 + (11, 3))
+    model = build_model(cfg, seed=6, sparse_grad=False)
+    dense, sparse = _inputs(cfg, 500)
+    small = export_onnx(model, tmp_path / "small" / "m.onnx", cfg.num_dense, mlp="int8")
+    monkeypatch.setattr(onnx_export, "PROTOBUF_LIMIT", 4096)
+    large = export_onnx(model, tmp_path / "large" / "m.onnx", cfg.num_dense, mlp="int8")
+    assert sorted(p.name for p in large.parent.iterdir()) == ["m.onnx", "m.onnx.data"]
+    assert sorted(p.name for p in small.parent.iterdir()) == ["m.onnx"]
+    assert large.stat().st_size < 0.2 * small.stat().st_size
+    np.testing.assert_array_equal(OnnxPredictor(large, threads=1)(dense, sparse),
+                                  OnnxPredictor(small, threads=1)(dense, sparse))
+
+
 def test_onnx_export_refusals(tmp_path):
     cfg = preset("tiny", (30,) * 26)
     with pytest.raises(ConfigError, match="MLPs in fp32 or int8 here, not bf16"):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -85,27 +86,40 @@ def export_onnx(model: DLRM, path: str | os.PathLike, num_dense: int, mlp: str =
     _check_fp32_mlps(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    traced = path if mlp == "fp32" else path.with_name(path.stem + ".fp32.onnx")
+    if mlp == "fp32":
+        _trace(model, path, num_dense)
+        return path
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".onnx-export-") as scratch:
+        traced = Path(scratch) / "fp32.onnx"  # with the weights of a large model in files beside it
+        _trace(model, traced, num_dense)
+        large = sum(f.stat().st_size for f in Path(scratch).iterdir()) > PROTOBUF_LIMIT
+        _quantize_mlps(traced, path, large)
+    return path
+
+
+# A model file is one protobuf message, at most 2 GiB: larger models keep their weights in
+# external data files (torch's exporter writes one per tensor beside the model; the int8 export
+# writes them all to MODEL.onnx.data).
+PROTOBUF_LIMIT = 2**31 - 2**26
+
+
+def _trace(model: DLRM, path: Path, num_dense: int) -> None:
     dense = torch.zeros(2, num_dense)
     indices = torch.zeros(2, len(model.embeddings.table_sizes), dtype=torch.int64)
     with _tables_as(model.eval(), _exportable_tables(model)), warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter announces its successor
-        torch.onnx.export(model, (dense, indices), str(traced), input_names=["dense", "indices"],
+        torch.onnx.export(model, (dense, indices), str(path), input_names=["dense", "indices"],
                           output_names=["logits"], dynamo=False,
                           dynamic_axes={"dense": {0: "pairs"}, "indices": {0: "pairs"}, "logits": {0: "pairs"}})
-    if mlp == "int8":
-        _quantize_mlps(traced, path)
-        traced.unlink()
-    return path
 
 
-def _quantize_mlps(source: Path, target: Path) -> None:
+def _quantize_mlps(source: Path, target: Path, external_data: bool) -> None:
     """ONNX Runtime's dynamic int8 quantization of the MatMul/Gemm weights (the gathers stay)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     logging.disable(logging.WARNING)  # it suggests its pre-processing pass on every call
     try:
         quantize_dynamic(str(source), str(target), op_types_to_quantize=["MatMul", "Gemm"],
-                         weight_type=QuantType.QInt8)
+                         weight_type=QuantType.QInt8, use_external_data_format=external_data)
     finally:
         logging.disable(logging.NOTSET)
