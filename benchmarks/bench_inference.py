@@ -83,11 +83,10 @@ def predictor(backend: str, model, precision: Precision, calibration, device: st
     import tempfile
 
     from dlrmkit.infer.onnx_backend import OnnxPredictor
-    from dlrmkit.infer.onnx_export import export_onnx
+    from dlrmkit.infer.onnx_export import export_in_precision
 
-    model = quantize_model(model, Precision(precision.embeddings, "fp32"))  # the export quantizes the MLPs
     with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(model, f"{tmp}/m.onnx", model.bottom[0].in_features, precision.mlp)
+        path = export_in_precision(model, precision, f"{tmp}/m.onnx", model.bottom[0].in_features)
         return model, OnnxPredictor(path, max_index_range, threads=torch.get_num_threads(), precision=precision)
 
 

@@ -32,7 +32,7 @@ from dlrmkit.infer import TorchPredictor
 from dlrmkit.infer.allocator import retain_freed_memory
 from dlrmkit.infer.placement import place_by_frequency
 from dlrmkit.infer.onnx_backend import OnnxPredictor
-from dlrmkit.infer.onnx_export import export_onnx
+from dlrmkit.infer.onnx_export import export_in_precision
 from dlrmkit.infer.quantize import calibration_batches, embedding_bytes, quantize_model
 from dlrmkit.model import build_model
 from timing import seconds_per_call
@@ -144,13 +144,13 @@ def main(argv: list[str] | None = None) -> int:
         precision = Precision(emb, mlp)
         model = copy.deepcopy(base)
         calibration = calibration_batches(dataset.split("val")) if mlp == "int8-static" else None
-        # ONNX Runtime: tables quantized here, MLPs by the export
-        quantize_model(model, Precision(emb, "fp32") if backend == "onnxruntime" else precision, calibration)
+        if backend != "onnxruntime":  # ONNX Runtime's export quantizes the model itself
+            quantize_model(model, precision, calibration)
         if placement == "frequency":
             place_by_frequency(model, dataset)
         if backend == "onnxruntime":
-            variant = OnnxPredictor(export_onnx(model, out / "model.onnx", 13, mlp), threads=torch.get_num_threads(),
-                                    precision=precision)
+            variant = OnnxPredictor(export_in_precision(model, precision, out / "model.onnx", 13),
+                                    threads=torch.get_num_threads(), precision=precision)
         else:
             variant = TorchPredictor(model, precision=precision, compile=backend == "torch-compile")
         name = f"{backend} {emb}/{mlp}/{placement}"

@@ -109,7 +109,7 @@ def test_onnx_int8_mlps_of_a_model_over_the_protobuf_limit(tmp_path, monkeypatch
 
 def test_onnx_export_refusals(tmp_path):
     cfg = preset("tiny", (30,) * 26)
-    with pytest.raises(ConfigError, match="MLPs in fp32 or int8 here, not bf16"):
+    with pytest.raises(ConfigError, match=r"ONNX Runtime runs MLPs in fp32 or int8 here \(its dynamic quantization\), not bf16"):
         export_onnx(build_model(cfg, seed=0, sparse_grad=False), tmp_path / "m.onnx", cfg.num_dense, mlp="bf16")
     quantized = quantize_model(build_model(cfg, seed=0, sparse_grad=False), Precision("fp32", "int8"))
     with pytest.raises(ConfigError, match="FP32 MLP weights .* bottom MLP holds a .*Linear: give the FP32 checkpoint"):
@@ -197,7 +197,7 @@ def test_bench_backends_give_the_same_auc(bench_setup, tmp_path, backend, capsys
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--mlp", "bf16"], "runs MLPs in fp32 or int8 (ONNX Runtime's dynamic quantization), not bf16"),
+    (["--mlp", "bf16"], "ONNX Runtime runs MLPs in fp32 or int8 here (its dynamic quantization), not bf16"),
     (["--mlp", "int8-static"], "not int8-static"),
     (["--placement", "frequency"], "need a torch backend"),
 ])

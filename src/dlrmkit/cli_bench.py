@@ -189,11 +189,8 @@ def run_bench(args) -> int:
 
     if args.backend == "onnxruntime":
         from dlrmkit.infer.onnx_backend import OnnxPredictor
-        from dlrmkit.infer.onnx_export import ONNX_MLPS, export_onnx
+        from dlrmkit.infer.onnx_export import export_in_precision
 
-        if precision.mlp not in ONNX_MLPS:
-            raise ConfigError(f"the onnxruntime backend runs MLPs in {' or '.join(ONNX_MLPS)} (ONNX Runtime's "
-                              f"dynamic quantization), not {precision.mlp}")
         if args.placement == "frequency" or args.hot_fraction is not None:
             raise ConfigError("--placement frequency and --hot-fraction need a torch backend")
         if kind == "reference-onnx" and precision.is_fp32:  # the user's own ONNX file runs as it is
@@ -202,9 +199,8 @@ def run_bench(args) -> int:
                 print(f"onnxruntime runs {onnx_path} as the DLRM reference exported it (an ONNX Loop per table); "
                       f"dlrmkit's export of the same weights runs 5-15x faster on CPU: convert it with "
                       f"`dlrmkit quantize --checkpoint {onnx_path} --embeddings fp32 --mlp fp32 --out MODEL.pt`")
-        else:  # int8 tables in torch first; the export quantizes the MLPs
-            quantize_model(model, Precision(precision.embeddings, "fp32"))
-            onnx_path = export_onnx(model, Path(args.output) / "model.onnx", model_cfg.num_dense, precision.mlp)
+        else:
+            onnx_path = export_in_precision(model, precision, Path(args.output) / "model.onnx", model_cfg.num_dense)
         predictor = OnnxPredictor(onnx_path, model_cfg.max_index_range, args.intra_op_threads or torch.get_num_threads(),
                                   args.max_pairs_per_call, args.device, precision)
     else:

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dlrmkit.config import Precision
 from dlrmkit.errors import ConfigError
 from dlrmkit.model import DLRM
 from dlrmkit.model.embedding import EmbeddingTables
@@ -78,11 +79,26 @@ def _check_fp32_mlps(model: DLRM) -> None:
                                   f"MLP holds a {type(module).__name__}: give the FP32 checkpoint")
 
 
+def _check_mlp(mlp: str) -> None:
+    if mlp not in ONNX_MLPS:
+        raise ConfigError(f"ONNX Runtime runs MLPs in {' or '.join(ONNX_MLPS)} here (its dynamic "
+                          f"quantization), not {mlp}")
+
+
+def export_in_precision(model: DLRM, precision: Precision, path: str | os.PathLike, num_dense: int) -> Path:
+    """``model`` (FP32, or with int8 tables already) as ONNX to run in ``precision``: its tables
+    quantized here (in place, as quantize_model does), its MLPs by the export."""
+    from dlrmkit.infer.quantize import quantize_model
+
+    _check_mlp(precision.mlp)
+    quantize_model(model, Precision(precision.embeddings, "fp32"))
+    return export_onnx(model, path, num_dense, precision.mlp)
+
+
 def export_onnx(model: DLRM, path: str | os.PathLike, num_dense: int, mlp: str = "fp32") -> Path:
     """Write ``model`` (FP32 or int8 tables, FP32 MLPs) as ONNX with its MLPs in ``mlp``
     precision; returns the path."""
-    if mlp not in ONNX_MLPS:
-        raise ConfigError(f"ONNX Runtime runs MLPs in {' or '.join(ONNX_MLPS)} here, not {mlp}")
+    _check_mlp(mlp)
     _check_fp32_mlps(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
