@@ -121,6 +121,6 @@ def model_from_checkpoint(ckpt: dict, source: str = "checkpoint") -> tuple[DLRM,
         cfg = ModelConfig.from_dict(ckpt["model_config"])
     except (KeyError, TypeError, ConfigError) as e:
         raise CheckpointError(f"{source}: model_config is missing or invalid ({e})") from None
-    model = build_model(cfg)
+    model = build_model(cfg, init_tables=False)  # every row comes from the checkpoint
     load_model_state(model, ckpt["model_state"], source)
     return model, cfg

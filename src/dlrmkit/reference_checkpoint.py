@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -79,10 +80,18 @@ def infer_config(state: dict, source: str = "checkpoint") -> ModelConfig:
         raise CheckpointError(f"{source}: {e}") from None
 
 
+def fill_tables(state: dict, model: DLRM) -> None:
+    """Copy the reference's tables into the model's fused weight, one table at a time (never a
+    second copy of all tables in memory)."""
+    with torch.no_grad():
+        for i in range(len(model.embeddings.table_sizes)):
+            model.embeddings.table(i).copy_(state[f"emb_l.{i}.weight"])
+
+
 def convert_state(state: dict, model: DLRM) -> dict:
-    """Reference tensor names -> dlrmkit's: tables stacked into one weight, MLP keys renamed."""
-    out = {"embeddings.weight": torch.cat([state[f"emb_l.{i}.weight"].float()
-                                           for i in range(len(model.embeddings.table_sizes))])}
+    """Reference tensor names -> dlrmkit's: the MLP keys renamed, and the model's own fused table
+    weight (which ``fill_tables`` filled)."""
+    out = {"embeddings.weight": model.embeddings.weight}
     for key, value in state.items():
         if key.startswith("bot_l."):
             out["bottom." + key[len("bot_l."):]] = value.float()
@@ -101,7 +110,11 @@ def load_reference_payload(path: str | Path) -> dict:
         with torch.serialization.safe_globals(_SAFE_NUMPY), warnings.catch_warnings():
             # torch's own unpickling of quantized (int8-static) weights goes through TypedStorage
             warnings.filterwarnings("ignore", message="TypedStorage is deprecated", category=UserWarning)
-            return torch.load(path, map_location="cpu", weights_only=True)
+            # memory-mapped: the tensors are read as they are copied into the model, so a model
+            # takes its own size in memory to load, not twice (files in torch's zip format;
+            # older files are read whole)
+            mmap = zipfile.is_zipfile(path)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:
         raise CheckpointError(f"{path}: cannot be read as a checkpoint (truncated or corrupt?): "
                               f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
@@ -112,7 +125,8 @@ def model_from_reference(payload: dict, source: str = "checkpoint") -> tuple[DLR
     if not isinstance(state, dict) or not is_reference_state(state):
         raise CheckpointError(f"{source}: no emb_l/bot_l/top_l tensors: not a DLRM reference checkpoint")
     cfg = infer_config(state, source)
-    model = build_model(cfg)
+    model = build_model(cfg, init_tables=False)  # the shapes come from these tensors: every row is filled
+    fill_tables(state, model)
     load_model_state(model, convert_state(state, model), source)
     return model, cfg
 

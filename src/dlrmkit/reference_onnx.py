@@ -39,7 +39,7 @@ def _onnx():
 
 
 def _external(tensor, folder: Path, source: Path) -> np.ndarray:
-    """An initializer stored in an external data file, memory-mapped (read-only)."""
+    """An initializer stored in an external data file, memory-mapped."""
     from onnx.helper import tensor_dtype_to_np_dtype
 
     info = {entry.key: entry.value for entry in tensor.external_data}
@@ -52,7 +52,7 @@ def _external(tensor, folder: Path, source: Path) -> np.ndarray:
         raise CheckpointError(f"{source}: {tensor.name} is {shape} {dtype} but its external data is {length} bytes")
     if not location.is_file() or location.stat().st_size < offset + count * dtype.itemsize:
         raise CheckpointError(f"{source}: {tensor.name}'s external data {location} is missing or cut short")
-    return np.memmap(location, dtype=dtype, mode="r", offset=offset, shape=shape)
+    return np.memmap(location, dtype=dtype, mode="c", offset=offset, shape=shape)  # copy-on-write: torch wants it writable
 
 
 def onnx_reference_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -72,9 +72,9 @@ def onnx_reference_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             continue
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             array = _external(tensor, path.parent, path)
-        else:
-            array = numpy_helper.to_array(tensor)
-        state[tensor.name] = torch.from_numpy(np.array(array, dtype=np.float32))
+        else:  # a view of the protobuf's bytes (a model under 2 GB)
+            array = numpy_helper.to_array(tensor).copy()
+        state[tensor.name] = torch.from_numpy(array)  # a memory map stays one: rows are read as they are copied
     if not state:
         inputs = [i.name for i in model.graph.input]
         raise CheckpointError(f"{path}: an ONNX model without the DLRM reference's emb_l/bot_l/top_l weights "

@@ -167,7 +167,12 @@ def model_from_inference_payload(payload: dict, source: str) -> tuple[DLRM, Mode
         shell = dataclasses.replace(cfg, table_sizes=(1,) * len(cfg.table_sizes), max_index_range=None)
         model = build_model(shell, sparse_grad=False)
     else:
-        model = build_model(cfg, sparse_grad=False)
+        model = build_model(cfg, sparse_grad=False, init_tables=False)  # load_state_dict fills them
+    # the payload may be memory-mapped from the file: tensors the model keeps as they are get
+    # their own memory (a benchmark's tables must not page in from disk)
+    for key in ("embeddings.packed", "embeddings.row_remap"):  # in place: the dict keeps its _metadata
+        if key in state:
+            state[key] = state[key].clone()
     if "embeddings.row_remap" in state:  # rows placed by frequency (dlrmkit.infer.placement)
         from dlrmkit.infer.placement import mark_placed
 

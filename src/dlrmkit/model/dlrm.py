@@ -49,11 +49,14 @@ class DLRM(nn.Module):
 
 
 def build_model(cfg: ModelConfig, seed: int | None = None, sparse_grad: bool = True,
-                embeddings: nn.Module | None = None) -> DLRM:
+                embeddings: nn.Module | None = None, init_tables: bool = True) -> DLRM:
     """A DLRM for ``cfg``, initialized from ``seed`` when given: the tables from (seed, table, row)
     alone, the MLPs from torch's generator seeded with ``seed``, so a process that builds only
-    some of the tables (``embeddings``) gets the same MLPs and the same rows."""
+    some of the tables (``embeddings``) gets the same MLPs and the same rows. ``init_tables=False``
+    leaves the tables uninitialized, for loading weights into (no time, no memory touched)."""
     if seed is not None:
         torch.manual_seed(seed)
+    if embeddings is None and not init_tables:
+        embeddings = EmbeddingTables(cfg.effective_table_sizes, cfg.embedding_dim, sparse_grad, init=False)
     return DLRM(cfg.effective_table_sizes, cfg.embedding_dim, cfg.bottom_mlp, cfg.top_mlp,
                 cfg.interaction, cfg.interaction_self, sparse_grad, seed, embeddings)

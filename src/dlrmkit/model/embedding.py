@@ -41,7 +41,10 @@ def init_rows(out: torch.Tensor, seed: int, table: int, table_rows: int, lo: int
 
 
 class EmbeddingTables(nn.Module):
-    def __init__(self, table_sizes: tuple[int, ...], dim: int, sparse_grad: bool = True, seed: int | None = None):
+    def __init__(self, table_sizes: tuple[int, ...], dim: int, sparse_grad: bool = True, seed: int | None = None,
+                 init: bool = True):
+        """``init=False`` leaves the weight uninitialized (untouched memory), for a caller that
+        fills every row, e.g. from a checkpoint."""
         super().__init__()
         self.table_sizes = tuple(table_sizes)
         self.dim = dim
@@ -49,7 +52,8 @@ class EmbeddingTables(nn.Module):
         self.weight = nn.Parameter(torch.empty(sum(table_sizes), dim))  # (R, D)
         offsets = torch.tensor((0,) + self.table_sizes[:-1], dtype=torch.int64).cumsum(0)
         self.register_buffer("row_offsets", offsets, persistent=False)  # (F,)
-        self.reset_parameters(seed)
+        if init:
+            self.reset_parameters(seed)
 
     @torch.no_grad()
     def reset_parameters(self, seed: int | None = None) -> None:
