@@ -315,3 +315,18 @@ def test_bad_packed_tables(packed, match):
     assert sum(SIZES) == 27
     with pytest.raises(ValueError, match=match):
         QuantizedEmbeddingTables(packed, SIZES, "rowwise")
+
+
+@pytest.mark.parametrize("scheme", ["rowwise", "table"])
+def test_quantizing_in_blocks_gives_the_same_bytes(scheme):
+    """Quantizing a block of rows at a time (bounded memory) packs the bytes one pass packs, and
+    the rows given by an order are those of weight[order]."""
+    sizes = (5, 17, 1, 9)
+    w = torch.randn(sum(sizes), 6, generator=torch.Generator().manual_seed(0)) * torch.arange(1, 33)[:, None]
+    whole = quantize(w, sizes, scheme, block_rows=len(w))
+    expected = pack(*(quantize_rowwise(w) if scheme == "rowwise" else quantize_per_table(w, sizes)))
+    assert torch.equal(whole, expected)
+    for block_rows in (1, 4, 7):
+        assert torch.equal(quantize(w, sizes, scheme, block_rows=block_rows), whole)
+    order = torch.randperm(len(w), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(quantize(w, sizes, scheme, block_rows=4, rows=order), quantize(w[order], sizes, scheme))

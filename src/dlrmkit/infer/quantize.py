@@ -38,7 +38,7 @@ def quantize_embeddings(model: DLRM, scheme: str) -> None:
         packed = quantize(tables.weight, tables.table_sizes, scheme)
     else:
         # placed rows interleave the tables: quantize in table order, then place the packed rows
-        packed = quantize(tables.weight.detach()[remap.long()], tables.table_sizes, scheme)
+        packed = quantize(tables.weight, tables.table_sizes, scheme, rows=remap.long())
         packed = packed[torch.from_numpy(inverse(remap.numpy()).astype(np.int64))].contiguous()
     model.embeddings = QuantizedEmbeddingTables(packed, tables.table_sizes, scheme)
     if remap is not None:

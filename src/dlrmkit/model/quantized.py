@@ -33,18 +33,28 @@ def quantize_rowwise(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     return codes, scale, lo
 
 
+def table_steps(row_magnitudes: torch.Tensor, table_sizes: tuple[int, ...]) -> torch.Tensor:
+    """The per-table scheme's step of every row (R,): its table's max |w| / 127.5, from each
+    row's own max |w| (R,); 0 for an all-zero table, whose rows dequantize to 0."""
+    sizes = torch.tensor(table_sizes, device=row_magnitudes.device)
+    table_of_row = torch.repeat_interleave(torch.arange(len(table_sizes), device=sizes.device), sizes)  # (R,)
+    magnitude = torch.zeros(len(table_sizes), device=sizes.device).scatter_reduce(
+        0, table_of_row, row_magnitudes, reduce="amax")  # (F,)
+    return (magnitude / 127.5)[table_of_row]
+
+
+def quantize_with_steps(weight: torch.Tensor, step: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(codes, scale, bias) of rows (n, D) with the symmetric steps (n,) given: w / step + 127.5."""
+    divisor = torch.where(step > 0, step, torch.ones_like(step))
+    codes = torch.round(weight.detach().float() / divisor[:, None] + 127.5).clamp_(0, 255).to(torch.uint8)
+    return codes, step, -127.5 * step
+
+
 def quantize_per_table(weight: torch.Tensor, table_sizes: tuple[int, ...]
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(codes, scale, bias) per row, one symmetric scale per table: max |w| maps to 127.5."""
     w = weight.detach().float()
-    sizes = torch.tensor(table_sizes, device=w.device)
-    table_of_row = torch.repeat_interleave(torch.arange(len(table_sizes), device=w.device), sizes)  # (R,)
-    magnitude = torch.zeros(len(table_sizes), device=w.device).scatter_reduce(
-        0, table_of_row, w.abs().amax(dim=1), reduce="amax")  # (F,)
-    step = (magnitude / 127.5)[table_of_row]  # (R,); 0 for an all-zero table: its rows dequantize to 0
-    divisor = torch.where(step > 0, step, torch.ones_like(step))
-    codes = torch.round(w / divisor[:, None] + 127.5).clamp_(0, 255).to(torch.uint8)
-    return codes, step, -127.5 * step
+    return quantize_with_steps(w, table_steps(w.abs().amax(dim=1), table_sizes))
 
 
 def pack(codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -65,13 +75,32 @@ def dequantize(packed: torch.Tensor) -> torch.Tensor:
     return codes.float() * scale[:, None] + bias[:, None]
 
 
-def quantize(weight: torch.Tensor, table_sizes: tuple[int, ...], scheme: str) -> torch.Tensor:
-    """Packed int8 rows of a fused table weight under ``scheme`` (rowwise or table)."""
-    if scheme == "rowwise":
-        return pack(*quantize_rowwise(weight))
-    if scheme == "table":
-        return pack(*quantize_per_table(weight, table_sizes))
-    raise ValueError(f"unknown int8 scheme {scheme!r}; expected one of {SCHEMES}")
+# Rows quantized at a time: the float temporaries are a few copies of a block (128 MiB at dim
+# 128), not of the tables, so quantizing needs little memory beyond the packed result.
+QUANTIZE_BLOCK_ROWS = 1 << 18
+
+
+def quantize(weight: torch.Tensor, table_sizes: tuple[int, ...], scheme: str,
+             block_rows: int = QUANTIZE_BLOCK_ROWS, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Packed int8 rows of a fused table weight under ``scheme`` (rowwise or table), quantized
+    ``block_rows`` rows at a time (the same bytes whatever the block). With ``rows`` (R,), the
+    rows of ``weight[rows]`` (tables in order), gathered a block at a time."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown int8 scheme {scheme!r}; expected one of {SCHEMES}")
+    w = weight.detach()
+    blocks = [(lo, min(lo + block_rows, w.shape[0])) for lo in range(0, w.shape[0], block_rows)]
+
+    def block(lo: int, hi: int) -> torch.Tensor:
+        return w[lo:hi] if rows is None else w[rows[lo:hi]]
+
+    if scheme == "table":  # one pass for the tables' ranges, one for the codes
+        steps = table_steps(torch.cat([block(lo, hi).float().abs().amax(dim=1) for lo, hi in blocks]), table_sizes)
+    packed = torch.empty(w.shape[0], w.shape[1] + 8, dtype=torch.uint8, device=w.device)
+    for lo, hi in blocks:
+        parts = quantize_rowwise(block(lo, hi)) if scheme == "rowwise" else \
+            quantize_with_steps(block(lo, hi), steps[lo:hi])
+        packed[lo:hi] = pack(*parts)
+    return packed
 
 
 def _fused_kernel_available(device: torch.device) -> bool:
