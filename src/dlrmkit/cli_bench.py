@@ -203,6 +203,8 @@ def run_bench(args) -> int:
             onnx_path = export_in_precision(model, precision, Path(args.output) / "model.onnx", model_cfg.num_dense)
         predictor = OnnxPredictor(onnx_path, model_cfg.max_index_range, args.intra_op_threads or torch.get_num_threads(),
                                   args.max_pairs_per_call, args.device, precision)
+        table_bytes, placement = embedding_bytes(model), "file"
+        model = None  # ONNX Runtime holds its own copy of the weights: one copy in memory, not two
     else:
         # before placement: per-table scales see whole tables; int8-static MLPs calibrate on the
         # first rows of the val split, as MLPerf calibrates on a fixed slice
@@ -227,16 +229,17 @@ def run_bench(args) -> int:
             place_by_frequency(model, dataset)
         predictor = TorchPredictor(model, model_cfg.max_index_range, args.device, args.max_pairs_per_call, precision,
                                    compile=args.backend == "torch-compile")
+        table_bytes = embedding_bytes(model)
+        placement = "frequency" if hasattr(model.embeddings, "row_remap") else "file"
     # the accuracy target is relative to eager FP32 PyTorch, whatever runs the benchmark
     reference = None if precision.is_fp32 and args.backend == "torch" else LazyPredictor(fp32_predictor)
     describe = {"checkpoint": str(args.checkpoint), "checkpoint_format": kind, "model": model_cfg.to_dict(),
                 "device": device_description(args.device),
                 "data": str(args.data), "split": args.split, "profile": args.profile,
-                "precision": precision.to_dict(), "embedding_bytes": embedding_bytes(model), "backend": args.backend,
-                "placement": "frequency" if hasattr(model.embeddings, "row_remap") else "file",
-                "hot_fraction": args.hot_fraction}
+                "precision": precision.to_dict(), "embedding_bytes": table_bytes, "backend": args.backend,
+                "placement": placement, "hot_fraction": args.hot_fraction}
     if not args.quiet:
-        print(f"model: {kind} checkpoint {args.checkpoint}; {precision}; tables {embedding_bytes(model) / 2**20:,.1f} MiB")
+        print(f"model: {kind} checkpoint {args.checkpoint}; {precision}; tables {table_bytes / 2**20:,.1f} MiB")
     log = (lambda _: None) if args.quiet else print
     result = run_benchmark(predictor, dataset.split(args.split), cfg, aggregation, args.output,
                            reference_predict=reference, trace_file=args.samples_to_aggregate_trace_file, plots=not args.no_plots,
