@@ -22,7 +22,7 @@ from dlrmkit.model import build_model
 
 pytest.importorskip("onnxruntime", reason="the onnx extra (onnx, onnxruntime) is not installed")
 from dlrmkit.infer.onnx_backend import OnnxPredictor  # noqa: E402
-from dlrmkit.infer.onnx_export import export_onnx  # noqa: E402
+from dlrmkit.infer.onnx_export import export_in_precision, export_onnx  # noqa: E402
 
 
 def _inputs(cfg, pairs: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -89,17 +89,18 @@ def test_onnx_int8_mlps(tmp_path):
     assert 0 < np.abs(got - want).max() < 2e-2
 
 
-def test_onnx_int8_mlps_of_a_model_over_the_protobuf_limit(tmp_path, monkeypatch):
-    """Models over 2 GiB keep their weights in an external data file (here the limit is lowered
+@pytest.mark.parametrize("mlp", ["fp32", "int8"])
+def test_onnx_export_of_a_model_over_the_protobuf_limit(tmp_path, monkeypatch, mlp):
+    """Models over 2 GiB keep their weights in one external data file (here the limit is lowered
     to a few KiB): the same predictions, and no scratch files left beside the model."""
     from dlrmkit.infer import onnx_export
 
     cfg = preset("tiny", (50, 7, 300, 2) * 6 + (11, 3))
     model = build_model(cfg, seed=6, sparse_grad=False)
     dense, sparse = _inputs(cfg, 500)
-    small = export_onnx(model, tmp_path / "small" / "m.onnx", cfg.num_dense, mlp="int8")
+    small = export_onnx(model, tmp_path / "small" / "m.onnx", cfg.num_dense, mlp=mlp)
     monkeypatch.setattr(onnx_export, "PROTOBUF_LIMIT", 4096)
-    large = export_onnx(model, tmp_path / "large" / "m.onnx", cfg.num_dense, mlp="int8")
+    large = export_onnx(model, tmp_path / "large" / "m.onnx", cfg.num_dense, mlp=mlp)
     assert sorted(p.name for p in large.parent.iterdir()) == ["m.onnx", "m.onnx.data"]
     assert sorted(p.name for p in small.parent.iterdir()) == ["m.onnx"]
     assert large.stat().st_size < 0.2 * small.stat().st_size
@@ -224,3 +225,25 @@ def test_bench_onnxruntime_int8(bench_setup, tmp_path, capsys):
     assert result["roc_auc"] == pytest.approx(result["reference_auc"], abs=5e-3)
     fp32 = load_for_inference(checkpoint)[0].embeddings.weight
     assert result["embedding_bytes"] < fp32.numel() * 4 / 2.5  # dim 16: 24 bytes a row against 64
+
+
+def test_cli_export(bench_setup, tmp_path, capsys):
+    """`dlrmkit export`: the checkpoint as an ONNX file that ONNX Runtime runs as bench does."""
+    data, checkpoint = bench_setup
+    model = load_for_inference(checkpoint)[0]
+    dense, sparse = np.array(Dataset(data).split("test").dense[:3000]), np.array(Dataset(data).split("test").sparse[:3000])
+    for tables, mlp in (("fp32", "fp32"), ("int8-rowwise", "int8")):
+        out = tmp_path / f"{tables}-{mlp}.onnx"
+        assert main(["export", "--checkpoint", str(checkpoint), "--out", str(out), "--embeddings", tables,
+                     "--mlp", mlp]) == 0
+        assert f"wrote {out}" in capsys.readouterr().out
+        got = OnnxPredictor(out, threads=1)(dense, sparse)
+        if mlp == "fp32":
+            np.testing.assert_allclose(got, TorchPredictor(model)(dense, sparse), rtol=0, atol=1e-5)
+        else:  # what bench --backend onnxruntime runs in that precision
+            direct = export_in_precision(load_for_inference(checkpoint)[0], Precision(tables, mlp),
+                                         tmp_path / "direct.onnx", model.bottom[0].in_features)
+            np.testing.assert_array_equal(got, OnnxPredictor(direct, threads=1)(dense, sparse))
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "m.pt")]) == 1
+    assert "name the ONNX file *.onnx" in capsys.readouterr().err
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "m.onnx"), "--mlp", "bf16"]) == 2

@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from dlrmkit import cli_bench, cli_train
+from dlrmkit import cli_bench, cli_export, cli_train
 from dlrmkit.config import PRESETS, SynthConfig
 from dlrmkit.errors import ConfigError, DlrmkitError
 
@@ -148,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_bench.add_bench(sub, _positive_int)
     cli_bench.add_accuracy(sub)
     cli_bench.add_quantize(sub)
+    cli_export.add_export(sub)
     _add_demo(sub)
     return parser
 
@@ -245,7 +246,8 @@ def _run_demo(args) -> int:
 
 COMMANDS = {"synth": _run_synth, "train": cli_train.run_train, "evaluate": _run_evaluate,
             "preprocess": _run_preprocess, "import": _run_import, "demo": _run_demo,
-            "bench": cli_bench.run_bench, "accuracy": cli_bench.run_accuracy, "quantize": cli_bench.run_quantize}
+            "bench": cli_bench.run_bench, "accuracy": cli_bench.run_accuracy, "quantize": cli_bench.run_quantize,
+            "export": cli_export.run_export}
 
 
 def main(argv: list[str] | None = None) -> int:

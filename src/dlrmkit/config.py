@@ -363,6 +363,7 @@ class BenchConfig:
 
 EMBEDDING_PRECISIONS = ("fp32", "int8-rowwise", "int8-table")
 MLP_PRECISIONS = ("fp32", "bf16", "int8", "int8-static")
+ONNX_MLP_PRECISIONS = ("fp32", "int8")  # what ONNX Runtime runs here (int8: its dynamic quantization)
 
 
 @dataclass(frozen=True)

@@ -23,13 +23,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dlrmkit.config import Precision
+from dlrmkit.config import ONNX_MLP_PRECISIONS, Precision
 from dlrmkit.errors import ConfigError
 from dlrmkit.model import DLRM
 from dlrmkit.model.embedding import EmbeddingTables
 from dlrmkit.model.quantized import QuantizedEmbeddingTables, unpack
-
-ONNX_MLPS = ("fp32", "int8")
 
 
 class GatheredInt8Tables(nn.Module):
@@ -80,8 +78,8 @@ def _check_fp32_mlps(model: DLRM) -> None:
 
 
 def _check_mlp(mlp: str) -> None:
-    if mlp not in ONNX_MLPS:
-        raise ConfigError(f"ONNX Runtime runs MLPs in {' or '.join(ONNX_MLPS)} here (its dynamic "
+    if mlp not in ONNX_MLP_PRECISIONS:
+        raise ConfigError(f"ONNX Runtime runs MLPs in {' or '.join(ONNX_MLP_PRECISIONS)} here (its dynamic "
                           f"quantization), not {mlp}")
 
 
@@ -102,20 +100,26 @@ def export_onnx(model: DLRM, path: str | os.PathLike, num_dense: int, mlp: str =
     _check_fp32_mlps(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if mlp == "fp32":
-        _trace(model, path, num_dense)
-        return path
+    Path(f"{path}.data").unlink(missing_ok=True)  # a large model's weights from an earlier export
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".onnx-export-") as scratch:
         traced = Path(scratch) / "fp32.onnx"  # with the weights of a large model in files beside it
         _trace(model, traced, num_dense)
         large = sum(f.stat().st_size for f in Path(scratch).iterdir()) > PROTOBUF_LIMIT
-        _quantize_mlps(traced, path, large)
+        if mlp == "int8":
+            _quantize_mlps(traced, path, large)
+        elif large:
+            import onnx
+
+            onnx.save_model(onnx.load(str(traced)), str(path), save_as_external_data=True,
+                            all_tensors_to_one_file=True, location=f"{path.name}.data")
+        else:
+            os.replace(traced, path)
     return path
 
 
-# A model file is one protobuf message, at most 2 GiB: larger models keep their weights in
-# external data files (torch's exporter writes one per tensor beside the model; the int8 export
-# writes them all to MODEL.onnx.data).
+# A model file is one protobuf message, at most 2 GiB: larger models keep their weights in one
+# external data file beside it, MODEL.onnx.data (torch's exporter writes a file per tensor; they
+# are gathered).
 PROTOBUF_LIMIT = 2**31 - 2**26
 
 
