@@ -330,3 +330,18 @@ def test_quantizing_in_blocks_gives_the_same_bytes(scheme):
         assert torch.equal(quantize(w, sizes, scheme, block_rows=block_rows), whole)
     order = torch.randperm(len(w), generator=torch.Generator().manual_seed(1))
     assert torch.equal(quantize(w, sizes, scheme, block_rows=4, rows=order), quantize(w[order], sizes, scheme))
+
+
+def test_quantizing_large_tables_shows_progress(capsys):
+    """Tables of 4M rows and more show a progress line (rows, rate) while they are quantized;
+    smaller ones print nothing."""
+    from dlrmkit.infer.quantize import PROGRESS_ROWS, quantize_embeddings
+    from dlrmkit.model import DLRM
+
+    for rows, shown in ((PROGRESS_ROWS, True), (1000, False)):
+        model = DLRM((rows // 2, rows - rows // 2), 2, (13, 2), (1,), seed=0, sparse_grad=False)
+        weight = model.embeddings.weight.detach().clone()
+        quantize_embeddings(model, "rowwise")
+        assert torch.equal(model.embeddings.packed, quantize(weight, (rows // 2, rows - rows // 2), "rowwise"))
+        err = capsys.readouterr().err
+        assert ("quantize tables to int8 (rowwise): 4.19M/4.19M rows" in err) == shown and (err == "") != shown

@@ -28,17 +28,25 @@ INFERENCE_FORMAT = "dlrmkit-inference"
 INFERENCE_VERSION = 1
 
 
-def quantize_embeddings(model: DLRM, scheme: str) -> None:
+# Tables of at least this many rows show a progress line while they are quantized (MLPerf's
+# terabyte model, about 100 GB of tables, takes minutes on a few cores).
+PROGRESS_ROWS = 1 << 22
+
+
+def quantize_embeddings(model: DLRM, scheme: str, progress: bool = True) -> None:
     """Replace the model's FP32 tables by packed int8 ones (in place; a row placement carries over)."""
     from dlrmkit.infer.placement import inverse, mark_placed
+    from dlrmkit.progress import Progress
 
     tables = model.embeddings
     remap = getattr(tables, "row_remap", None)  # old fused row -> new, when rows are placed
-    if remap is None:
-        packed = quantize(tables.weight, tables.table_sizes, scheme)
-    else:
-        # placed rows interleave the tables: quantize in table order, then place the packed rows
-        packed = quantize(tables.weight, tables.table_sizes, scheme, rows=remap.long())
+    rows = tables.weight.shape[0]
+    bar = Progress(rows, "rows", f"quantize tables to int8 ({scheme})", enabled=progress and rows >= PROGRESS_ROWS)
+    # placed rows interleave the tables: quantize in table order, then place the packed rows
+    packed = quantize(tables.weight, tables.table_sizes, scheme, rows=None if remap is None else remap.long(),
+                      on_block=bar.update)
+    bar.close()
+    if remap is not None:
         packed = packed[torch.from_numpy(inverse(remap.numpy()).astype(np.int64))].contiguous()
     model.embeddings = QuantizedEmbeddingTables(packed, tables.table_sizes, scheme)
     if remap is not None:

@@ -13,6 +13,8 @@ n rows within n * scale / 2 per element. Shapes: R rows in all, D dim, B batch, 
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -81,10 +83,12 @@ QUANTIZE_BLOCK_ROWS = 1 << 18
 
 
 def quantize(weight: torch.Tensor, table_sizes: tuple[int, ...], scheme: str,
-             block_rows: int = QUANTIZE_BLOCK_ROWS, rows: torch.Tensor | None = None) -> torch.Tensor:
+             block_rows: int = QUANTIZE_BLOCK_ROWS, rows: torch.Tensor | None = None,
+             on_block: Callable[[int], None] | None = None) -> torch.Tensor:
     """Packed int8 rows of a fused table weight under ``scheme`` (rowwise or table), quantized
     ``block_rows`` rows at a time (the same bytes whatever the block). With ``rows`` (R,), the
-    rows of ``weight[rows]`` (tables in order), gathered a block at a time."""
+    rows of ``weight[rows]`` (tables in order), gathered a block at a time. ``on_block(n)`` is
+    told of each block's rows as it is packed."""
     if scheme not in SCHEMES:
         raise ValueError(f"unknown int8 scheme {scheme!r}; expected one of {SCHEMES}")
     w = weight.detach()
@@ -100,6 +104,8 @@ def quantize(weight: torch.Tensor, table_sizes: tuple[int, ...], scheme: str,
         parts = quantize_rowwise(block(lo, hi)) if scheme == "rowwise" else \
             quantize_with_steps(block(lo, hi), steps[lo:hi])
         packed[lo:hi] = pack(*parts)
+        if on_block is not None:
+            on_block(hi - lo)
     return packed
 
 
