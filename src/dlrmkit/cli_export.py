@@ -32,9 +32,9 @@ def run_export(args) -> int:
                           f"with --embeddings/--mlp")
     wanted = Precision(args.embeddings, args.mlp)
     path = export_in_precision(model, wanted, args.out, cfg.num_dense)
-    files = sorted(p.name for p in path.parent.iterdir() if p == path or p.name == path.name + ".data")
-    size = sum((path.parent / name).stat().st_size for name in files)
-    print(f"wrote {path} ({size / 2**20:,.1f} MiB{'' if len(files) == 1 else ' with ' + files[-1]}): {wanted}; "
+    data = Path(f"{path}.data")  # the weights of a model over 2 GiB
+    size = path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
+    print(f"wrote {path} ({size / 2**20:,.1f} MiB{' with ' + data.name if data.is_file() else ''}): {wanted}; "
           f"tables {embedding_bytes(model) / 2**20:,.1f} MiB; inputs dense (P, {cfg.num_dense}) float32 and "
           f"indices (P, {len(cfg.table_sizes)}) int64, output logits (P,)")
     return 0

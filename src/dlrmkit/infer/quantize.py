@@ -33,7 +33,7 @@ INFERENCE_VERSION = 1
 PROGRESS_ROWS = 1 << 22
 
 
-def quantize_embeddings(model: DLRM, scheme: str, progress: bool = True) -> None:
+def quantize_embeddings(model: DLRM, scheme: str) -> None:
     """Replace the model's FP32 tables by packed int8 ones (in place; a row placement carries over)."""
     from dlrmkit.infer.placement import inverse, mark_placed
     from dlrmkit.progress import Progress
@@ -41,7 +41,7 @@ def quantize_embeddings(model: DLRM, scheme: str, progress: bool = True) -> None
     tables = model.embeddings
     remap = getattr(tables, "row_remap", None)  # old fused row -> new, when rows are placed
     rows = tables.weight.shape[0]
-    bar = Progress(rows, "rows", f"quantize tables to int8 ({scheme})", enabled=progress and rows >= PROGRESS_ROWS)
+    bar = Progress(rows, "rows", f"quantize tables to int8 ({scheme})", enabled=rows >= PROGRESS_ROWS)
     # placed rows interleave the tables: quantize in table order, then place the packed rows
     packed = quantize(tables.weight, tables.table_sizes, scheme, rows=None if remap is None else remap.long(),
                       on_block=bar.update)
