@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from dlrmkit.bench.run import run_benchmark
 from dlrmkit.checkpoint import save_checkpoint
@@ -16,7 +17,9 @@ from dlrmkit.data import synth
 from dlrmkit.data.dataset import Dataset
 from dlrmkit.errors import ConfigError
 from dlrmkit.infer import TorchPredictor
-from dlrmkit.infer.backend import compiled_pairs
+from dlrmkit.infer.backend import (CPU_ONLY_MLPS, DEFAULT_MAX_PAIRS_PER_CALL, REFERENCE_HEADROOM,
+                                   check_precision_on_device, compiled_pairs, compiled_sizes, pairs_per_call,
+                                   recompile_limit, reference_device)
 from dlrmkit.infer.quantize import load_for_inference, quantize_model
 from dlrmkit.model import build_model
 
@@ -142,6 +145,47 @@ def test_compiled_calls_run_on_few_shapes():
     assert len({compiled_pairs(n, None) for n in range(1, 128 * 700 + 1, 97)}) <= 6
     for chunk in (1000, 2048, 3000, 32768):
         assert len({compiled_pairs(n, chunk) for n in range(1, chunk + 1)}) <= 4
+
+
+def test_calls_per_device_and_their_compiled_shapes():
+    """CPU calls are cache-sized; on a GPU eager calls are whole and compiled ones split at 2^18
+    pairs, so that any batch LoadGen sends (2048 terabyte samples: ~1.4M pairs) compiles within
+    dynamo's recompile limit; a split that would pass it is refused before compiling."""
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert pairs_per_call(cpu, False, None) == pairs_per_call(cpu, True, None) == DEFAULT_MAX_PAIRS_PER_CALL
+    assert pairs_per_call(gpu, False, None) is None and pairs_per_call(gpu, True, None) == 1 << 18
+    assert pairs_per_call(gpu, True, 5000) == pairs_per_call(cpu, False, 5000) == 5000
+    sizes = compiled_sizes(2048 * 700, pairs_per_call(gpu, True, None))
+    assert sizes == [4096 << k for k in range(7)] and len(sizes) <= recompile_limit()
+    assert len(compiled_sizes(2048 * 700, None)) > recompile_limit()  # why compiled calls are split
+    cfg = preset("tiny", (50,) * 26)
+    predictor = TorchPredictor(build_model(cfg, seed=0, sparse_grad=False), max_pairs_per_call=1 << 22, compile=True)
+    dense, sparse = _inputs(cfg, 16)
+    with pytest.raises(ConfigError, match=r"11 shapes \(4096 to 4194304\).*--max-pairs-per-call"):
+        predictor.warm_up(dense, sparse, 1 << 22)
+    assert not predictor.compiled_shapes
+
+
+def test_int8_mlps_run_on_the_cpu_only():
+    for mlp in CPU_ONLY_MLPS:
+        check_precision_on_device(Precision("int8-rowwise", mlp), torch.device("cpu"))
+        with pytest.raises(ConfigError, match=f"--mlp {mlp}: .*CPU only, not on cuda"):
+            check_precision_on_device(Precision("fp32", mlp), torch.device("cuda"))
+    check_precision_on_device(Precision("int8-rowwise", "bf16"), torch.device("cuda"))
+
+
+def test_the_fp32_reference_goes_to_the_cpu_when_the_gpu_is_full(monkeypatch):
+    """An accuracy run's FP32 model (all of it: MLPerf's is ~100 GB) joins the benchmark's on the
+    GPU only where it fits in the free memory, with a GiB to spare; else its AUC is measured on CPU."""
+    import dlrmkit.infer.backend as backend
+
+    model = build_model(preset("tiny", (1000,) * 26), seed=0, sparse_grad=False)
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    assert reference_device(model, "cpu") == "cpu"
+    monkeypatch.setattr(backend, "torch_device", torch.device)
+    for free, where in ((weights + REFERENCE_HEADROOM, "cuda:1"), (weights + REFERENCE_HEADROOM - 1, "cpu")):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, free=free: (free, 80 << 30))
+        assert reference_device(model, "cuda:1") == where
 
 
 def test_torch_compile_unsplit_calls_equal_eager():

@@ -199,6 +199,20 @@ def test_unavailable_device_is_named(setup, tmp_path, capsys, device, says):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("mlp", ["int8", "int8-static"])
+def test_int8_mlps_are_refused_on_a_gpu_before_any_work(setup, tmp_path, capsys, monkeypatch, mlp):
+    """PyTorch's int8 Linear layers have CPU kernels only: `--device cuda --mlp int8` stops at once
+    with the way out, not in the warm-up with a kernel error (the device check is bypassed here, so
+    this runs without a GPU)."""
+    import dlrmkit.infer.backend as backend
+
+    monkeypatch.setattr(backend, "torch_device", torch.device)
+    monkeypatch.setattr("dlrmkit.infer.quantize.quantize_model", lambda *a, **k: pytest.fail("quantized"))
+    assert _bench(setup, tmp_path / "out", *FAST, "--device", "cuda", precision=["--mlp", mlp]) == 1
+    line = _one_error_line(capsys.readouterr().err, "bench")
+    assert f"--mlp {mlp}" in line and "CPU only" in line and "--mlp bf16" in line and "onnxruntime" in line
+
+
 def test_reference_harness_flag_names(setup, tmp_path, capsys):
     """--model-path and --use-gpu, as the MLPerf harness spells them, mean --checkpoint and --device cuda."""
     data, checkpoint, _ = setup

@@ -42,6 +42,22 @@ def _inputs(data: Dataset, pairs: int = 3000):
     return np.array(test.dense[:pairs]), np.array(test.sparse[:pairs])
 
 
+def test_int8_mlps_are_refused_on_cuda_and_the_reference_fits(data, monkeypatch):
+    """torch.ao's int8 Linear layers have no CUDA kernels: refused by name; a small FP32 reference
+    model goes to the GPU, one that would not fit in its free memory to the CPU."""
+    import dlrmkit.infer.backend as backend
+    from dlrmkit.errors import ConfigError
+    from dlrmkit.infer.backend import reference_device
+
+    model = build_model(preset("tiny", data.table_sizes), seed=0, sparse_grad=False)
+    with pytest.raises(ConfigError, match="CPU only"):
+        TorchPredictor(quantize_model(copy.deepcopy(model), Precision("fp32", "int8")), device="cuda",
+                       precision=Precision("fp32", "int8"))
+    assert reference_device(model, "cuda") == "cuda"
+    monkeypatch.setattr(backend, "REFERENCE_HEADROOM", torch.cuda.mem_get_info()[0])
+    assert reference_device(model, "cuda") == "cpu"
+
+
 @pytest.mark.parametrize("precision", [Precision(), Precision("int8-rowwise", "fp32"), Precision("int8-table", "fp32"),
                                        Precision("int8-rowwise", "bf16")])
 def test_cuda_predictions_match_cpu(data, precision):
@@ -170,12 +186,12 @@ def test_bench_default_precision_with_a_cuda_hot_tier(data, checkpoint, tmp_path
 
 @pytest.mark.parametrize("precision", [Precision(), Precision("int8-rowwise", "bf16")])
 def test_cuda_torch_compile_matches_cpu(data, precision):
-    """Compiled on CUDA, unsplit calls of any size (padded to a few bucket sizes) give the CPU's."""
+    """Compiled on CUDA, calls (split at 2^18 pairs, padded to a few bucket sizes) give the CPU's."""
     model = build_model(preset("tiny", data.table_sizes), seed=0, sparse_grad=False)
     cpu = TorchPredictor(quantize_model(copy.deepcopy(model), precision), precision=precision)
     gpu = TorchPredictor(quantize_model(copy.deepcopy(model), precision), device="cuda", precision=precision,
                          compile=True)
-    assert gpu.max_pairs_per_call is None
+    assert gpu.max_pairs_per_call == 1 << 18
     tolerance = 1e-5 if precision.mlp == "fp32" else 2e-2
     for pairs in (270, 5000):  # two compiled sizes, 4096 and 8192
         dense, sparse = _inputs(data, pairs)

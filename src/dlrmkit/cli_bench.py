@@ -62,7 +62,8 @@ def add_bench(sub, positive_int) -> None:
                    help="indices mod N, as the reference harness's flag (for checkpoints that do not record "
                         "their range, e.g. the reference's; MLPerf's tb00_40M: 40000000)")
     p.add_argument("--max-pairs-per-call", type=positive_int,
-                   help="split model calls into chunks of this many pairs (default: 2048 on CPU, none on GPU)")
+                   help="split model calls into chunks of this many pairs (default: 2048 on CPU; on GPU none, "
+                        "2^18 with torch-compile)")
     p.add_argument("--samples-per-query-offline", type=positive_int,
                    help="samples loaded to RAM for performance runs (mlperf.conf: 204800, capped at the split)")
     p.add_argument("--samples-per-query-multistream", type=positive_int, default=8)
@@ -157,7 +158,7 @@ def run_bench(args) -> int:
     from dlrmkit.bench.run import run_benchmark
     from dlrmkit.data.dataset import Dataset
     from dlrmkit.infer import LazyPredictor, TorchPredictor
-    from dlrmkit.infer.backend import device_description, torch_device
+    from dlrmkit.infer.backend import check_precision_on_device, device_description, reference_device, torch_device
     from dlrmkit.infer.quantize import embedding_bytes, load_for_inference, quantize_model
     from dlrmkit.train.loop import check_tables
 
@@ -174,6 +175,8 @@ def run_bench(args) -> int:
     model_cfg = model_cfg.with_max_index_range(args.max_ind_range, str(args.checkpoint))
     check_tables(model_cfg, dataset)
     precision = resolve_precision(args, checkpoint_precision, kind)
+    if args.backend != "onnxruntime":  # before quantizing: that takes minutes for large tables
+        check_precision_on_device(precision, torch_device(args.device))
     if cfg.test_mode == "AccuracyOnly" and cfg.reference_auc is None and kind == "inference" \
             and (fp32_source is None or not Path(fp32_source).is_file()):
         raise ConfigError(f"{args.checkpoint} is quantized and its FP32 checkpoint ({fp32_source}) is not at hand "
@@ -185,7 +188,12 @@ def run_bench(args) -> int:
             raise ConfigError(f"{fp32_source}, the FP32 checkpoint {args.checkpoint} was quantized from, now holds "
                               f"a quantized model ({fp32_precision}); give --reference-auc")
         fp32_cfg = fp32_cfg.with_max_index_range(args.max_ind_range, str(fp32_source))
-        return TorchPredictor(fp32_model, fp32_cfg.max_index_range, args.device, args.max_pairs_per_call)
+        device = reference_device(fp32_model, args.device)
+        if device != args.device and not args.quiet:
+            print(f"the FP32 reference model does not fit in {args.device}'s free memory beside the benchmark's: "
+                  f"its AUC is measured on the CPU")
+        return TorchPredictor(fp32_model, fp32_cfg.max_index_range, device,
+                              args.max_pairs_per_call if device == args.device else None)
 
     if args.backend == "onnxruntime":
         from dlrmkit.infer.onnx_backend import OnnxPredictor

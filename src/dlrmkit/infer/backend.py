@@ -24,12 +24,34 @@ DEFAULT_MAX_PAIRS_PER_CALL = 2048
 
 # A compiled model runs on a few fixed shapes, each compiled once on first use: a call is padded
 # to the next power of two of its pairs, at least 1/8 of the chunk size but between 256 and 4096
-# (CPU, chunks of 2048: 256, 512, 1024 or 2048 pairs), and at most the chunk. Calls that are not
-# split (accelerators) start at 4096, so the sizes LoadGen sends, from one sample (~270 pairs) to
-# a batch of 128 (~35k-90k pairs), take at most 6 shapes, within torch._dynamo's recompile limit
-# of 8. Padding at most doubles a call's work; on CPU a one-sample query padded to 512 pairs
-# instead of 2048 runs 3.4x faster (kaggle shape).
+# (CPU, chunks of 2048: 256, 512, 1024 or 2048 pairs), and at most the chunk. On accelerators a
+# compiled model's calls are split at 2^18 pairs (eager ones are not split), so its sizes run from
+# 4096 to 2^18: at most 7 shapes, within torch._dynamo's recompile limit of 8, whatever batch
+# LoadGen sends (2048 terabyte samples are ~1.4M pairs: unsplit, that would be 10 shapes, the
+# largest two run eagerly once the limit is hit). Padding at most doubles a call's work; on CPU a
+# one-sample query padded to 512 pairs instead of 2048 runs 3.4x faster (kaggle shape).
 COMPILED_FLOOR = (256, 4096)
+COMPILED_MAX_PAIRS_PER_CALL = 1 << 18  # accelerators, compiled models
+
+# torch.ao's int8 Linear layers (dynamic and static) have kernels for the CPU only (fbgemm, x86)
+CPU_ONLY_MLPS = ("int8", "int8-static")
+
+
+def pairs_per_call(device: torch.device, compile: bool, given: int | None) -> int | None:
+    """Pairs per forward pass: ``given``, else the CPU's cache-sized chunks, else (accelerators)
+    whole calls, split only for a compiled model (its shapes stay within the recompile limit)."""
+    if given is not None:
+        return given
+    if device.type == "cpu":
+        return DEFAULT_MAX_PAIRS_PER_CALL
+    return COMPILED_MAX_PAIRS_PER_CALL if compile else None
+
+
+def check_precision_on_device(precision: Precision, device: torch.device) -> None:
+    """Refuse, before any work, a precision PyTorch cannot run on ``device``."""
+    if precision.mlp in CPU_ONLY_MLPS and device.type != "cpu":
+        raise ConfigError(f"--mlp {precision.mlp}: PyTorch's int8 Linear layers run on the CPU only, not on "
+                          f"{device}; use --mlp bf16 there, or --backend onnxruntime for int8 MLPs")
 
 
 def compiled_pairs(pairs: int, max_pairs_per_call: int | None) -> int:
@@ -70,6 +92,21 @@ def torch_device(name: str) -> torch.device:
     return device
 
 
+REFERENCE_HEADROOM = 1 << 30  # GPU bytes the FP32 reference needs beyond its weights (calls of 16k pairs)
+
+
+def reference_device(model: torch.nn.Module, name: str) -> str:
+    """Where an accuracy run's FP32 reference model runs: on device ``name``, unless that is a GPU
+    without room for the whole model beside the benchmark's (its tables may be int8 or partly in
+    host memory), then on the CPU."""
+    device = torch_device(name)
+    if device.type != "cuda":
+        return name
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    free, _ = torch.cuda.mem_get_info(device)
+    return name if weights + REFERENCE_HEADROOM <= free else "cpu"
+
+
 def device_description(name: str) -> str:
     """``name`` with what it is: "cpu (16 threads)", "cuda:0 (NVIDIA H100 80GB HBM3)"."""
     device = torch_device(name)
@@ -88,11 +125,12 @@ class TorchPredictor:
                  max_pairs_per_call: int | None = None, precision: Precision | None = None,
                  compile: bool = False, row_remap: np.ndarray | None = None):
         self.device = torch_device(device)
+        self.precision = precision or Precision()
+        check_precision_on_device(self.precision, self.device)
         if row_remap is None and hasattr(model.embeddings, "row_remap"):
             row_remap = model.embeddings.row_remap.cpu().numpy()
         self.model = model.eval().to(self.device)
         self.max_index_range = max_index_range
-        self.precision = precision or Precision()
         self.name = f"{'torch-compile' if compile else 'pytorch'} emb-{self.precision.embeddings} mlp-{self.precision.mlp}"
         self._bf16 = self.precision.mlp == "bf16"
         # torch.compile specializes on shapes: each call is padded to one of a few sizes
@@ -110,9 +148,7 @@ class TorchPredictor:
 
             sizes = tuple(model.embeddings.table_sizes)
             self.prepare = lambda sparse: remap_indices(sparse, row_remap, sizes, max_index_range)
-        if max_pairs_per_call is None and self.device.type == "cpu":  # accelerators want whole batches
-            max_pairs_per_call = DEFAULT_MAX_PAIRS_PER_CALL
-        self.max_pairs_per_call = max_pairs_per_call  # None: calls are not split
+        self.max_pairs_per_call = pairs_per_call(self.device, compile, max_pairs_per_call)  # None: not split
 
     @torch.inference_mode()
     def __call__(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
@@ -148,10 +184,25 @@ class TorchPredictor:
         on the pairs given (repeated as needed); an eager model needs nothing."""
         if not self._pad:
             return
-        for size in compiled_sizes(max_pairs, self.max_pairs_per_call):
+        sizes = compiled_sizes(max_pairs, self.max_pairs_per_call)
+        limit = recompile_limit()
+        if len(sizes) > limit:
+            raise ConfigError(f"torch-compile: calls of up to {max_pairs} pairs in pieces of "
+                              f"{self.max_pairs_per_call or 'any number of'} pairs take {len(sizes)} shapes "
+                              f"({sizes[0]} to {sizes[-1]}), more than torch._dynamo compiles ({limit}); "
+                              f"give a smaller --max-pairs-per-call")
+        for size in sizes:
             if size not in self.compiled_shapes:
                 rows = np.arange(size) % dense.shape[0]
                 self(dense[rows], sparse[rows])
+
+
+def recompile_limit() -> int:
+    """How many shapes torch._dynamo compiles a function for before it runs it eagerly."""
+    import torch._dynamo
+
+    config = torch._dynamo.config
+    return int(getattr(config, "recompile_limit", getattr(config, "cache_size_limit", 8)))
 
 
 class LazyPredictor:

@@ -3,7 +3,9 @@ collectives the trainer uses, each timed, counted in bytes, and failing with a c
 
 A collective fails when another rank died (gloo: the connection closes at once) or stopped
 answering (after ``timeout_s``); either way the error names this rank, what it was doing and the
-likely cause, instead of hanging.
+likely cause, instead of hanging. NCCL's collectives are asynchronous: each is waited for where it
+is called (its time is then its own, not its launch's), and a rank that stopped answering ends the
+job through NCCL's watchdog after ``timeout_s``, with NCCL's message.
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ class Comm:
         t = time.perf_counter()
         try:
             out = fn()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
         except (RuntimeError, dist.DistError) as e:
             raise self._fail(what, e) from e
         self.stats.add(kind, time.perf_counter() - t, nbytes)
