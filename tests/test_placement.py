@@ -208,6 +208,9 @@ def test_tiers_need_placed_rows_and_one_hot_inputs(binary):
     tiers = TieredEmbeddingTables(model.embeddings, 10)
     with pytest.raises(NotImplementedError):
         tiers(torch.zeros(4, dtype=torch.int64), torch.arange(0, 4))
+    tiers.to("meta")  # as to a GPU: only the hot tier moves; the cold rows and the remap stay on the host
+    assert tiers.hot.device.type == "meta"
+    assert tiers.cold.device.type == tiers.row_remap.device.type == "cpu"
 
 
 def test_cli_hot_fraction(binary, tmp_path, capsys):
